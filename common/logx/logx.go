@@ -1,0 +1,91 @@
+// Package logx sets up zerolog and adapts it to the loggers our libraries
+// want (memberlist's *log.Logger, sipgo's *slog.Logger, pion's
+// LoggerFactory). Loggers are passed explicitly; nothing here is global.
+//
+// Field vocabulary, used by every package so lines can be grepped and
+// joined: component, peer_id, sp_id, resource_id, aor, shard, txid,
+// call_id, cseq, remote_addr, hops, frame, user, reason.
+package logx
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Options selects the output format and level.
+type Options struct {
+	// Format is "json" (default) or "console" (human, slower).
+	Format string
+	// Level is a zerolog level name; "" means info.
+	Level string
+	// Out is where lines go; nil means stderr.
+	Out io.Writer
+}
+
+// New builds the process's root logger.
+func New(o Options) (zerolog.Logger, error) {
+	out := o.Out
+	if out == nil {
+		out = os.Stderr
+	}
+	lvl := zerolog.InfoLevel
+	if o.Level != "" {
+		l, err := zerolog.ParseLevel(strings.ToLower(o.Level))
+		if err != nil {
+			return zerolog.Nop(), fmt.Errorf("log level %q: %w", o.Level, err)
+		}
+		lvl = l
+	}
+	switch o.Format {
+	case "", "json":
+	case "console":
+		out = zerolog.ConsoleWriter{Out: out, TimeFormat: time.RFC3339}
+	default:
+		return zerolog.Nop(), fmt.Errorf("log format %q: want json or console", o.Format)
+	}
+	return zerolog.New(out).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+// Component returns a child logger scoped to one subsystem.
+func Component(l zerolog.Logger, name string) zerolog.Logger {
+	return l.With().Str("component", name).Logger()
+}
+
+// Memberlist adapts l to memberlist's *log.Logger, mapping its
+// "[DEBUG] memberlist: ..." prefixes to zerolog levels.
+func Memberlist(l zerolog.Logger) *log.Logger {
+	return log.New(levelWriter{l: l.With().Str("lib", "memberlist").Logger()}, "", 0)
+}
+
+type levelWriter struct{ l zerolog.Logger }
+
+func (w levelWriter) Write(p []byte) (int, error) {
+	msg := string(bytes.TrimSpace(p))
+	lvl := zerolog.InfoLevel
+	for _, m := range []struct {
+		prefix string
+		lvl    zerolog.Level
+	}{{"[DEBUG]", zerolog.DebugLevel}, {"[INFO]", zerolog.InfoLevel}, {"[WARN]", zerolog.WarnLevel}, {"[ERR]", zerolog.ErrorLevel}, {"[ERROR]", zerolog.ErrorLevel}} {
+		if strings.HasPrefix(msg, m.prefix) {
+			lvl = m.lvl
+			msg = strings.TrimSpace(strings.TrimPrefix(msg, m.prefix))
+			break
+		}
+	}
+	msg = strings.TrimPrefix(msg, "memberlist: ")
+	w.l.WithLevel(lvl).Msg(msg)
+	return len(p), nil
+}
+
+// Slog adapts l for sipgo and other slog users.
+func Slog(l zerolog.Logger) *slog.Logger {
+	return slog.New(zerolog.NewSlogHandler(l))
+}

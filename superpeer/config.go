@@ -1,0 +1,117 @@
+// Package superpeer is the super peer's composition root: it loads the
+// node's identity and the overlay secret, binds the sockets, and runs the
+// mesh, the store, the peer-protocol server, the data-plane links and the
+// admin API under one context (ARCHITECTURE.md §1). Logic lives in the
+// subpackages; this package only wires them.
+package superpeer
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+)
+
+// Config is everything a super peer needs. cmd/p2psip fills it from flags,
+// environment and config file; tests fill it directly. Zero values mean
+// the defaults of ARCHITECTURE.md §1 and §11.
+type Config struct {
+	// Overlay is the overlay name, a domain (required).
+	Overlay string
+	// DataDir holds the identity key, the CA certificate written for
+	// clients, and the dev secret (default "./p2psip-data").
+	DataDir string
+	// SecretFile is the overlay secret; empty means DataDir/overlay.secret,
+	// created on first start (development only: every super peer of one
+	// overlay needs the same secret).
+	SecretFile string
+	// Secret, if set, is used instead of SecretFile (tests).
+	Secret []byte
+	// Bind is the IP every service binds (default 127.0.0.1).
+	Bind string
+	// Advertise is the IP others reach us at (default Bind; required when
+	// Bind is 0.0.0.0 or ::).
+	Advertise string
+	// Ports; 0 means the default, -1 means an ephemeral port (tests).
+	PeerPort   int // 6084
+	GossipPort int // 7946
+	// Admin is the admin HTTP address (default 127.0.0.1:6085; "off" disables).
+	Admin string
+	// Join lists gossip addresses of existing super peers.
+	Join []string
+	// Replicas is the replica-set size (default 3); WriteQuorum the acks a
+	// write needs (default a majority).
+	Replicas    int
+	WriteQuorum int
+	// Promotion is "off" or "auto" (promotion of reachable agents).
+	Promotion string
+	// Capacity is how many agents this super peer admits (advertised).
+	Capacity int
+	// Publishers lists, per service, the users allowed to publish it.
+	Publishers map[string][]string
+
+	// Tuning, mostly for tests; zero means the package defaults.
+	ProbeInterval       time.Duration
+	SuspicionMult       int
+	StoreTimeout        time.Duration
+	SweepInterval       time.Duration
+	AntiEntropyInterval time.Duration
+
+	// PeerListener and AdminListener, if set, are used instead of binding
+	// (tests pass 127.0.0.1:0 listeners). Run closes them.
+	PeerListener  net.Listener
+	AdminListener net.Listener
+}
+
+func (c *Config) setDefaults() error {
+	if c.Overlay == "" {
+		return errors.New("overlay name is required")
+	}
+	if c.DataDir == "" {
+		c.DataDir = "p2psip-data"
+	}
+	if c.Bind == "" {
+		c.Bind = "127.0.0.1"
+	}
+	if ip := net.ParseIP(c.Bind); ip == nil {
+		return fmt.Errorf("bind %q is not an IP address", c.Bind)
+	}
+	if c.Advertise == "" {
+		if ip := net.ParseIP(c.Bind); ip.IsUnspecified() {
+			return fmt.Errorf("advertise address is required when binding %s", c.Bind)
+		}
+		c.Advertise = c.Bind
+	}
+	if ip := net.ParseIP(c.Advertise); ip == nil || ip.IsUnspecified() {
+		return fmt.Errorf("advertise %q is not a usable IP address", c.Advertise)
+	}
+	c.PeerPort = port(c.PeerPort, 6084)
+	c.GossipPort = port(c.GossipPort, 7946)
+	if c.Admin == "" {
+		c.Admin = "127.0.0.1:6085"
+	}
+	switch c.Promotion {
+	case "":
+		c.Promotion = "off"
+	case "off", "auto":
+	default:
+		return fmt.Errorf("promotion %q: want off or auto", c.Promotion)
+	}
+	if c.Replicas < 0 || c.Replicas > 7 {
+		return fmt.Errorf("replicas %d: want 1..7", c.Replicas)
+	}
+	if c.Capacity == 0 {
+		c.Capacity = 100000
+	}
+	return nil
+}
+
+func port(p, def int) int {
+	switch {
+	case p == 0:
+		return def
+	case p < 0:
+		return 0
+	}
+	return p
+}

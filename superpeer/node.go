@@ -1,0 +1,304 @@
+package superpeer
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/p2psip/p2psip/common/auth"
+	"github.com/p2psip/p2psip/common/ids"
+	"github.com/p2psip/p2psip/common/link"
+	"github.com/p2psip/p2psip/common/wire"
+	"github.com/p2psip/p2psip/common/record"
+	"github.com/p2psip/p2psip/superpeer/admin"
+	"github.com/p2psip/p2psip/superpeer/mesh"
+	"github.com/p2psip/p2psip/superpeer/peers"
+	"github.com/p2psip/p2psip/superpeer/session"
+	"github.com/p2psip/p2psip/superpeer/store"
+)
+
+// Files in the data directory.
+const (
+	IdentityFile = "identity.pem"
+	CAFile       = "ca.pem"
+	SecretFile   = "overlay.secret"
+)
+
+// Node is one super peer.
+type Node struct {
+	cfg   Config
+	log   zerolog.Logger
+	id    ids.PeerID
+	start time.Time
+
+	reg      *prometheus.Registry
+	mesh     *mesh.Mesh
+	store    *store.Store
+	pool     *peers.Pool
+	sessions *session.Server
+
+	peerAddr  atomic.Value // string, once bound
+	adminAddr atomic.Value
+	ready     chan struct{}
+	isReady   atomic.Bool
+}
+
+// New loads the identity and secret and builds every part; it binds
+// nothing (Run does).
+func New(cfg Config, log zerolog.Logger) (*Node, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, fmt.Errorf("superpeer config: %w", err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	key, err := auth.LoadOrCreateIdentity(filepath.Join(cfg.DataDir, IdentityFile))
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	id := ids.PeerIDFromKey(key.Public().(ed25519.PublicKey))
+	log = log.With().Str("peer_id", id.Short()).Str("role", "superpeer").Logger()
+	if cfg.Secret == nil {
+		path := cfg.SecretFile
+		if path == "" {
+			path = filepath.Join(cfg.DataDir, SecretFile)
+			secret, created, err := auth.LoadOrCreateSecret(path)
+			if err != nil {
+				return nil, fmt.Errorf("overlay secret: %w", err)
+			}
+			if created {
+				log.Warn().Str("secret_file", path).Msg("created a development overlay secret; give every super peer of the overlay the same --secret-file")
+			}
+			cfg.Secret = secret
+		} else if cfg.Secret, err = auth.LoadSecret(path); err != nil {
+			return nil, fmt.Errorf("overlay secret: %w", err)
+		}
+	}
+	n := &Node{cfg: cfg, log: log, id: id, reg: prometheus.NewRegistry(), ready: make(chan struct{})}
+	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := n.build(key); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// ID is this super peer's Peer-ID.
+func (n *Node) ID() ids.PeerID { return n.id }
+
+// Registry exposes the node's metrics (tests read them).
+func (n *Node) Registry() *prometheus.Registry { return n.reg }
+
+// Store is the node's database part (tests and the SIP edge use it).
+func (n *Node) Store() *store.Store { return n.store }
+
+// Mesh is the node's membership.
+func (n *Node) Mesh() *mesh.Mesh { return n.mesh }
+
+// PeerAddr is the bound peer-protocol address ("" before Run binds it).
+func (n *Node) PeerAddr() string { s, _ := n.peerAddr.Load().(string); return s }
+
+// AdminAddr is the bound admin address ("" before Run or when off).
+func (n *Node) AdminAddr() string { s, _ := n.adminAddr.Load().(string); return s }
+
+// GossipAddr is the bound gossip address.
+func (n *Node) GossipAddr() string { return n.mesh.GossipAddr() }
+
+// Ready is closed once the node listens and has joined the mesh.
+func (n *Node) Ready() <-chan struct{} { return n.ready }
+
+func (n *Node) build(key ed25519.PrivateKey) error {
+	cfg := &n.cfg
+	ca, err := auth.OverlayCA(cfg.Secret, cfg.Overlay)
+	if err != nil {
+		return fmt.Errorf("overlay CA: %w", err)
+	}
+	caPath := filepath.Join(cfg.DataDir, CAFile)
+	if err := os.WriteFile(caPath, ca.PEM, 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", caPath, err)
+	}
+	cert, err := ca.NodeCertificate(key, []string{cfg.Bind, cfg.Advertise}, time.Now())
+	if err != nil {
+		return fmt.Errorf("node certificate: %w", err)
+	}
+	if cfg.PeerListener == nil {
+		l, err := net.Listen("tcp", net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.PeerPort)))
+		if err != nil {
+			return fmt.Errorf("peer protocol listener: %w", err)
+		}
+		cfg.PeerListener = l
+	}
+	_, portStr, _ := net.SplitHostPort(cfg.PeerListener.Addr().String())
+	advertised := net.JoinHostPort(cfg.Advertise, portStr)
+	n.peerAddr.Store(advertised)
+
+	n.pool = peers.New(peers.Config{
+		Self: n.id, SelfAddr: advertised, Overlay: cfg.Overlay, Secret: cfg.Secret,
+		Cert: cert, CA: ca.Pool(),
+		// Links we dial are served like the ones we accept.
+		Handler: func(from ids.PeerID) link.Handler {
+			return n.sessions.Handler(session.Peer{ID: from, Role: wire.RoleSuperPeer})
+		},
+	}, n.log)
+	n.store, err = store.New(store.Config{
+		Self: n.id, Overlay: cfg.Overlay, Replicas: cfg.Replicas, WriteQuorum: cfg.WriteQuorum,
+		Timeout: cfg.StoreTimeout, SweepInterval: cfg.SweepInterval, AntiEntropyInterval: cfg.AntiEntropyInterval,
+		Publishers: cfg.Publishers, Registerer: n.reg,
+	}, n.pool, n.log)
+	if err != nil {
+		return err
+	}
+	n.sessions, err = session.New(session.Config{
+		Listener: cfg.PeerListener, TLS: auth.ServerTLSConfig(cert), Self: n.id, Overlay: cfg.Overlay,
+		Secret: cfg.Secret, CA: ca.Pool(), Store: n.store, Pool: n.pool, Registerer: n.reg,
+	}, n.log)
+	if err != nil {
+		return err
+	}
+	n.mesh, err = mesh.New(mesh.Config{
+		Meta:          mesh.Meta{PeerID: n.id, PeerAddr: advertised, Admin: cfg.Admin, Capacity: uint32(cfg.Capacity)},
+		BindAddr:      cfg.Bind,
+		BindPort:      cfg.GossipPort,
+		AdvertiseAddr: cfg.Advertise,
+		Key:           auth.MemberlistKey(cfg.Secret),
+		Label:         cfg.Overlay,
+		Join:          cfg.Join,
+		ProbeInterval: cfg.ProbeInterval,
+		SuspicionMult: cfg.SuspicionMult,
+	}, n.log)
+	if err != nil {
+		return err
+	}
+	n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "p2psip", Subsystem: "mesh", Name: "members", Help: "Alive super peers in this node's view.",
+	}, func() float64 { return float64(len(n.mesh.View().Members)) }))
+	return nil
+}
+
+// Run serves until ctx ends. Cancelling ctx without Leave looks like a
+// crash to the rest of the overlay (tests use that to kill a super peer).
+func (n *Node) Run(ctx context.Context) error {
+	n.start = time.Now()
+	g, ctx := errgroup.WithContext(ctx)
+	if n.cfg.Admin != "off" {
+		l := n.cfg.AdminListener
+		if l == nil {
+			var err error
+			if l, err = net.Listen("tcp", n.cfg.Admin); err != nil {
+				n.cfg.PeerListener.Close()
+				return fmt.Errorf("admin listener: %w", err)
+			}
+		}
+		n.adminAddr.Store(l.Addr().String())
+		adm, err := admin.New(admin.Config{Listener: l, Gatherer: n.reg, Source: n}, n.log)
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return adm.Run(ctx) })
+	}
+	g.Go(func() error { return n.pool.Run(ctx) })
+	g.Go(func() error { return n.store.Run(ctx) })
+	g.Go(func() error { return n.sessions.Run(ctx) })
+	g.Go(func() error { return n.mesh.Run(ctx) })
+	g.Go(func() error { return n.watch(ctx) })
+	return g.Wait()
+}
+
+// watch feeds membership changes to the store and the link pool.
+func (n *Node) watch(ctx context.Context) error {
+	select {
+	case <-n.mesh.Ready():
+	case <-ctx.Done():
+		return nil
+	}
+	n.applyView()
+	n.isReady.Store(true)
+	close(n.ready)
+	n.log.Info().
+		Str("overlay", n.cfg.Overlay).
+		Str("peer_addr", n.PeerAddr()).
+		Str("gossip_addr", n.GossipAddr()).
+		Str("admin", n.AdminAddr()).
+		Str("ca_file", filepath.Join(n.cfg.DataDir, CAFile)).
+		Msg("super peer ready")
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-n.mesh.Changes():
+			n.applyView()
+		}
+	}
+}
+
+func (n *Node) applyView() {
+	v := n.mesh.View()
+	addrs := make(map[ids.PeerID]string, len(v.Members))
+	for _, m := range v.Members {
+		addrs[m.PeerID] = m.PeerAddr
+	}
+	n.pool.SetAddrs(addrs)
+	n.store.SetView(v.IDs())
+}
+
+// Leave departs gracefully: the mesh learns at once instead of after the
+// failure-detection delay. Run must still be running.
+func (n *Node) Leave(timeout time.Duration) error {
+	return n.mesh.Leave(timeout)
+}
+
+// ---- admin.Source ----
+
+// Status summarises the node for /v1/status and `p2psip status`.
+type Status struct {
+	PeerID     ids.PeerID       `json:"peer_id"`
+	Overlay    string           `json:"overlay"`
+	PeerAddr   string           `json:"peer_addr"`
+	GossipAddr string           `json:"gossip_addr"`
+	Ready      bool             `json:"ready"`
+	Uptime     string           `json:"uptime"`
+	Members    int              `json:"members"`
+	Replicas   int              `json:"replicas"`
+	Records    map[string]int64 `json:"records"`
+	Sessions   map[string]int   `json:"sessions"`
+	Links      int              `json:"links"`
+}
+
+// Status implements admin.Source.
+func (n *Node) Status() any {
+	replicas := n.cfg.Replicas
+	if replicas == 0 {
+		replicas = 3
+	}
+	return Status{
+		PeerID: n.id, Overlay: n.cfg.Overlay, PeerAddr: n.PeerAddr(), GossipAddr: n.GossipAddr(),
+		Ready: n.isReady.Load(), Uptime: time.Since(n.start).Round(time.Second).String(),
+		Members: len(n.mesh.View().Members), Replicas: replicas, Records: n.store.Held(),
+		Sessions: n.sessions.Sessions(), Links: len(n.pool.Links()),
+	}
+}
+
+// Members implements admin.Source.
+func (n *Node) Members() any { return n.mesh.View().Members }
+
+// Serving implements admin.Source: listening and joined.
+func (n *Node) Serving() bool { return n.isReady.Load() }
+
+// Location implements admin.Source.
+func (n *Node) Location(ctx context.Context, aor string) (*record.Record, error) {
+	norm, err := ids.NormalizeAOR(aor)
+	if err != nil {
+		return nil, wire.Errorf(wire.CodeBadRequest, "%v", err)
+	}
+	return n.store.Get(ctx, record.KindLocation, norm)
+}

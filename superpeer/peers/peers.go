@@ -1,0 +1,269 @@
+// Package peers keeps the data-plane links between super peers
+// (ARCHITECTURE.md §3): one persistent, TLS-authenticated peer-protocol
+// connection per pair, dialled on first use, shared by both directions,
+// and redialled when it breaks. Replication, reads and tunnelled frames
+// all go through it; memberlist carries none of this.
+package peers
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/p2psip/p2psip/common/auth"
+	"github.com/p2psip/p2psip/common/client"
+	"github.com/p2psip/p2psip/common/ids"
+	"github.com/p2psip/p2psip/common/link"
+	"github.com/p2psip/p2psip/common/logx"
+	"github.com/p2psip/p2psip/common/wire"
+)
+
+// ErrUnknownPeer: the Peer-ID is not an alive member of the mesh.
+var ErrUnknownPeer = wire.Errorf(wire.CodeUnknownPeer, "not a reachable super peer")
+
+// redialBackoff keeps a dead peer from being dialled on every request in
+// the seconds before the mesh declares it dead.
+const redialBackoff = 500 * time.Millisecond
+
+// Config describes this super peer's side of its links.
+type Config struct {
+	Self     ids.PeerID
+	SelfAddr string // our advertised peer-protocol address, sent in Hello
+	Overlay  string
+	Secret   []byte
+	Cert     tls.Certificate  // our CA-signed node certificate
+	CA       *x509.CertPool   // the overlay CA: the other side must chain to it
+	// Handler builds the handler that serves requests arriving on a link
+	// we dialled (links are used both ways).
+	Handler func(from ids.PeerID) link.Handler
+	// Link tunes each connection.
+	Link link.Config
+}
+
+// Pool holds the links. Safe for concurrent use.
+type Pool struct {
+	cfg Config
+	log zerolog.Logger
+
+	mu    sync.Mutex // guards the fields below
+	addrs map[ids.PeerID]string
+	conns map[ids.PeerID]*slot
+	ctx   context.Context
+	wg    sync.WaitGroup
+}
+
+// slot is one peer's link, or the dial in progress.
+type slot struct {
+	conn     *link.Conn
+	dialing  chan struct{} // closed when the dial ends
+	err      error
+	failedAt time.Time
+}
+
+// New builds an idle pool.
+func New(cfg Config, log zerolog.Logger) *Pool {
+	return &Pool{
+		cfg:   cfg,
+		log:   logx.Component(log, "peers"),
+		addrs: make(map[ids.PeerID]string),
+		conns: make(map[ids.PeerID]*slot),
+	}
+}
+
+// Run keeps the pool usable until ctx ends, then closes every link and
+// waits for them.
+func (p *Pool) Run(ctx context.Context) error {
+	p.mu.Lock()
+	p.ctx = ctx
+	p.mu.Unlock()
+	<-ctx.Done()
+	p.mu.Lock()
+	for _, s := range p.conns {
+		if s.conn != nil {
+			s.conn.Close()
+		}
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+	return nil
+}
+
+// SetAddrs installs the alive members' peer-protocol addresses; links to
+// members that left are closed.
+func (p *Pool) SetAddrs(addrs map[ids.PeerID]string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.addrs = addrs
+	for id, s := range p.conns {
+		if _, ok := addrs[id]; !ok && s.conn != nil {
+			s.conn.Close()
+		}
+	}
+}
+
+// Request sends a request to super peer to over its link, dialling it if
+// needed; a link found broken is redialled once.
+func (p *Pool) Request(ctx context.Context, to ids.PeerID, t wire.Type, body any) (*wire.Frame, error) {
+	for attempt := 0; ; attempt++ {
+		c, err := p.get(ctx, to)
+		if err != nil {
+			return nil, err
+		}
+		f, err := c.Request(ctx, t, body)
+		if err != nil && errors.Is(err, link.ErrClosed) && attempt == 0 && ctx.Err() == nil {
+			continue
+		}
+		return f, err
+	}
+}
+
+// Conn returns the link to a super peer, dialling it if needed.
+func (p *Pool) Conn(ctx context.Context, to ids.PeerID) (*link.Conn, error) { return p.get(ctx, to) }
+
+func (p *Pool) get(ctx context.Context, to ids.PeerID) (*link.Conn, error) {
+	if to == p.cfg.Self {
+		return nil, fmt.Errorf("peers: link to self")
+	}
+	p.mu.Lock()
+	for {
+		s := p.conns[to]
+		switch {
+		case s == nil:
+		case s.conn != nil:
+			select {
+			case <-s.conn.Done():
+				delete(p.conns, to)
+				continue
+			default:
+				p.mu.Unlock()
+				return s.conn, nil
+			}
+		case s.dialing != nil:
+			ch := s.dialing
+			p.mu.Unlock()
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			p.mu.Lock()
+			continue
+		case time.Since(s.failedAt) < redialBackoff:
+			err := s.err
+			p.mu.Unlock()
+			return nil, err
+		default:
+			delete(p.conns, to)
+			continue
+		}
+		break
+	}
+	addr, ok := p.addrs[to]
+	runCtx := p.ctx
+	if !ok || runCtx == nil {
+		p.mu.Unlock()
+		return nil, fmt.Errorf("%w: %s", ErrUnknownPeer, to.Short())
+	}
+	s := &slot{dialing: make(chan struct{})}
+	p.conns[to] = s
+	p.mu.Unlock()
+
+	sess, err := p.dial(runCtx, to, addr)
+	p.mu.Lock()
+	close(s.dialing)
+	s.dialing = nil
+	if err != nil {
+		s.err, s.failedAt = err, time.Now()
+		p.mu.Unlock()
+		return nil, err
+	}
+	s.conn = sess.Conn
+	p.trackLocked(to, sess.Conn, sess)
+	p.mu.Unlock()
+	return sess.Conn, nil
+}
+
+func (p *Pool) dial(ctx context.Context, to ids.PeerID, addr string) (*client.Session, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", to.Short(), err)
+	}
+	lc := p.cfg.Link
+	if p.cfg.Handler != nil {
+		lc.Handler = p.cfg.Handler(to)
+	}
+	sess, err := client.Dial(ctx, client.Config{
+		Addr: addr,
+		TLS:  auth.ClientTLSConfig(&p.cfg.Cert, p.cfg.CA, host),
+		Hello: func(cs tls.ConnectionState) (wire.Hello, error) {
+			got, err := auth.PeerIDFromState(cs)
+			if err != nil {
+				return wire.Hello{}, err
+			}
+			if got != to {
+				return wire.Hello{}, fmt.Errorf("super peer at %s is %s, expected %s", addr, got.Short(), to.Short())
+			}
+			proof, err := auth.MeshProof(p.cfg.Secret, cs, p.cfg.Self, to)
+			if err != nil {
+				return wire.Hello{}, err
+			}
+			return wire.Hello{Role: wire.RoleSuperPeer, Overlay: p.cfg.Overlay, Proof: proof, PeerAddr: p.cfg.SelfAddr}, nil
+		},
+		Link: lc,
+	}, p.log.With().Str("sp_id", to.Short()).Logger())
+	if err != nil {
+		p.log.Debug().Err(err).Str("sp_id", to.Short()).Msg("dial super peer")
+		return nil, fmt.Errorf("link to %s: %w", to.Short(), err)
+	}
+	p.log.Debug().Str("sp_id", to.Short()).Str("remote_addr", addr).Msg("link up")
+	return sess, nil
+}
+
+// trackLocked forgets the link when it ends. p.mu must be held.
+func (p *Pool) trackLocked(to ids.PeerID, c *link.Conn, sess *client.Session) {
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		<-c.Done()
+		if sess != nil {
+			sess.Close()
+		}
+		p.mu.Lock()
+		if s := p.conns[to]; s != nil && s.conn == c {
+			delete(p.conns, to)
+		}
+		p.mu.Unlock()
+	}()
+}
+
+// Adopt registers a link the other super peer dialled, so our requests
+// can use it too. An existing live link is kept; both then stay usable.
+func (p *Pool) Adopt(from ids.PeerID, c *link.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s := p.conns[from]; s != nil && (s.conn != nil || s.dialing != nil) {
+		return
+	}
+	p.conns[from] = &slot{conn: c}
+	p.trackLocked(from, c, nil)
+}
+
+// Links returns the Peer-IDs with a live link, for status.
+func (p *Pool) Links() []ids.PeerID {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []ids.PeerID
+	for id, s := range p.conns {
+		if s.conn != nil {
+			out = append(out, id)
+		}
+	}
+	return out
+}

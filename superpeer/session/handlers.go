@@ -1,0 +1,134 @@
+package session
+
+import (
+	"context"
+
+	"github.com/p2psip/p2psip/common/link"
+	"github.com/p2psip/p2psip/common/wire"
+	"github.com/p2psip/p2psip/superpeer/store"
+)
+
+// Handler serves the requests of one authenticated peer. It is also used
+// for links this super peer dialled to other super peers.
+func (s *Server) Handler(peer Peer) link.Handler {
+	w := store.Writer{User: peer.User, PeerID: peer.ID, SuperPeer: peer.Role == wire.RoleSuperPeer}
+	return func(c *link.Conn, f *wire.Frame) {
+		s.m.frames.WithLabelValues(f.Type.String()).Inc()
+		switch f.Type {
+		case wire.TypePing:
+			c.Reply(f, &wire.Ping{}) //nolint:errcheck // a dead link ends the session anyway
+			return
+		case wire.TypeStore, wire.TypeFetch, wire.TypeRemove, wire.TypeFind:
+		case wire.TypeReplicate, wire.TypeRead, wire.TypeDigest, wire.TypeSync:
+			if !w.SuperPeer {
+				c.ReplyError(f, wire.Errorf(wire.CodeForbidden, "%s is for super peers", f.Type)) //nolint:errcheck
+				return
+			}
+		default:
+			c.ReplyError(f, wire.Errorf(wire.CodeUnknownType, "%s not served here", f.Type)) //nolint:errcheck
+			return
+		}
+		select {
+		case s.sem <- struct{}{}:
+		default:
+			s.m.overload.Inc()
+			c.ReplyError(f, wire.Errorf(wire.CodeUnavailable, "super peer overloaded")) //nolint:errcheck
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() { <-s.sem }()
+			base := context.Background()
+			if p := s.ctx.Load(); p != nil {
+				base = *p
+			}
+			ctx, cancel := context.WithTimeout(base, s.cfg.RequestTimeout)
+			defer cancel()
+			resp, err := s.dispatch(ctx, peer, w, f)
+			if err != nil {
+				c.ReplyError(f, err) //nolint:errcheck
+				return
+			}
+			c.Reply(f, resp) //nolint:errcheck
+		}()
+	}
+}
+
+func (s *Server) dispatch(ctx context.Context, peer Peer, w store.Writer, f *wire.Frame) (any, error) {
+	st := s.cfg.Store
+	switch f.Type {
+	case wire.TypeStore:
+		var req wire.StoreReq
+		if err := decode(f, &req); err != nil {
+			return nil, err
+		}
+		res, err := st.Put(ctx, w, &req.Record)
+		if err != nil {
+			return nil, err
+		}
+		return &wire.StoreResp{Acks: res.Acks, Replicas: res.Replicas}, nil
+	case wire.TypeFetch:
+		var req wire.FetchReq
+		if err := decode(f, &req); err != nil {
+			return nil, err
+		}
+		rec, err := st.Get(ctx, req.Kind, req.Name)
+		if err != nil {
+			return nil, err
+		}
+		return &wire.FetchResp{Record: rec}, nil
+	case wire.TypeRemove:
+		var req wire.RemoveReq
+		if err := decode(f, &req); err != nil {
+			return nil, err
+		}
+		res, err := st.Remove(ctx, w, req.Kind, req.Name, req.Keys)
+		if err != nil {
+			return nil, err
+		}
+		return &wire.StoreResp{Acks: res.Acks, Replicas: res.Replicas}, nil
+	case wire.TypeFind:
+		var req wire.FindReq
+		if err := decode(f, &req); err != nil {
+			return nil, err
+		}
+		rec, err := st.Find(ctx, req.Service)
+		if err != nil {
+			return nil, err
+		}
+		return &wire.FetchResp{Record: rec}, nil
+	case wire.TypeReplicate:
+		var req wire.ReplicateReq
+		if err := decode(f, &req); err != nil {
+			return nil, err
+		}
+		return st.HandleReplicate(peer.ID, &req)
+	case wire.TypeRead:
+		var req wire.ReadReq
+		if err := decode(f, &req); err != nil {
+			return nil, err
+		}
+		return st.HandleRead(&req)
+	case wire.TypeDigest:
+		var req wire.DigestReq
+		if err := decode(f, &req); err != nil {
+			return nil, err
+		}
+		return st.HandleDigest(peer.ID, &req)
+	case wire.TypeSync:
+		var req wire.SyncReq
+		if err := decode(f, &req); err != nil {
+			return nil, err
+		}
+		return st.HandleSync(peer.ID, &req)
+	}
+	return nil, wire.Errorf(wire.CodeUnknownType, "%s not served here", f.Type)
+}
+
+func decode(f *wire.Frame, v any) error {
+	if err := wire.Unmarshal(f.Body, v); err != nil {
+		return wire.Errorf(wire.CodeBadRequest, "%v", err)
+	}
+	return nil
+}

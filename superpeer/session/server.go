@@ -1,0 +1,304 @@
+// Package session is the super peer's peer-protocol server
+// (ARCHITECTURE.md §4): it accepts TLS connections, authenticates the
+// Hello (credentials for clients and agents, a session-bound mesh proof
+// for super peers), and serves each connection's requests against the
+// store. Requests that wait on the network run on their own goroutines,
+// bounded; the reader never blocks.
+package session
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/p2psip/p2psip/common/auth"
+	"github.com/p2psip/p2psip/common/ids"
+	"github.com/p2psip/p2psip/common/link"
+	"github.com/p2psip/p2psip/common/logx"
+	"github.com/p2psip/p2psip/common/record"
+	"github.com/p2psip/p2psip/common/wire"
+	"github.com/p2psip/p2psip/superpeer/store"
+)
+
+// Store is what sessions need of the database.
+type Store interface {
+	Put(ctx context.Context, w store.Writer, rec *record.Record) (store.Result, error)
+	Get(ctx context.Context, kind record.Kind, name string) (*record.Record, error)
+	Remove(ctx context.Context, w store.Writer, kind record.Kind, name string, keys []string) (store.Result, error)
+	Find(ctx context.Context, service string) (*record.Record, error)
+	HandleReplicate(from ids.PeerID, req *wire.ReplicateReq) (*wire.ReplicateResp, error)
+	HandleRead(req *wire.ReadReq) (*wire.FetchResp, error)
+	HandleDigest(from ids.PeerID, req *wire.DigestReq) (*wire.DigestResp, error)
+	HandleSync(from ids.PeerID, req *wire.SyncReq) (*wire.ReplicateReq, error)
+}
+
+// Adopter takes inbound super-peer links into the pool.
+type Adopter interface {
+	Adopt(from ids.PeerID, c *link.Conn)
+}
+
+// Config configures the server. Zero values mean defaults.
+type Config struct {
+	// Listener is the bound TCP listener (required); Run closes it.
+	Listener net.Listener
+	// TLS is the server TLS configuration (auth.ServerTLSConfig).
+	TLS     *tls.Config
+	Self    ids.PeerID
+	Overlay string
+	Secret  []byte
+	// CA verifies that a super peer's certificate belongs to the overlay.
+	CA    *x509.CertPool
+	Store Store
+	Pool  Adopter
+	// MaxInFlight bounds concurrently served requests (default 4096);
+	// past it requests are answered CodeUnavailable at once.
+	MaxInFlight int
+	// HandshakeTimeout bounds TLS plus Hello (default 5s).
+	HandshakeTimeout time.Duration
+	// RequestTimeout bounds one served request (default 10s).
+	RequestTimeout time.Duration
+	// Link tunes each connection.
+	Link       link.Config
+	Registerer prometheus.Registerer
+	Now        func() time.Time
+}
+
+// Peer is an authenticated connection's identity.
+type Peer struct {
+	ID     ids.PeerID
+	User   string
+	Role   wire.Role
+	Remote string
+}
+
+// Server accepts and serves peer-protocol connections.
+type Server struct {
+	cfg Config
+	log zerolog.Logger
+	m   *metrics
+	sem chan struct{}
+
+	mu    sync.Mutex // guards conns
+	conns map[*link.Conn]Peer
+
+	ctx atomic.Pointer[context.Context]
+	wg  sync.WaitGroup
+}
+
+// New validates cfg.
+func New(cfg Config, log zerolog.Logger) (*Server, error) {
+	if cfg.Listener == nil || cfg.TLS == nil || cfg.Store == nil {
+		return nil, errors.New("session: Listener, TLS and Store are required")
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 4096
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 5 * time.Second
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 10 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Server{
+		cfg:   cfg,
+		log:   logx.Component(log, "session"),
+		m:     newMetrics(cfg.Registerer),
+		sem:   make(chan struct{}, cfg.MaxInFlight),
+		conns: make(map[*link.Conn]Peer),
+	}, nil
+}
+
+// Run accepts connections until ctx ends, then closes them all and waits.
+func (s *Server) Run(ctx context.Context) error {
+	s.ctx.Store(&ctx)
+	go func() {
+		<-ctx.Done()
+		s.cfg.Listener.Close()
+	}()
+	var err error
+	for {
+		nc, aerr := s.cfg.Listener.Accept()
+		if aerr != nil {
+			if ctx.Err() == nil {
+				var ne net.Error
+				if errors.As(aerr, &ne) && ne.Timeout() {
+					continue
+				}
+				err = fmt.Errorf("session: accept: %w", aerr)
+			}
+			break
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serve(ctx, nc)
+		}()
+	}
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return err
+}
+
+// Sessions counts live connections by role.
+func (s *Server) Sessions() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]int{}
+	for _, p := range s.conns {
+		out[p.Role.String()]++
+	}
+	return out
+}
+
+func (s *Server) serve(ctx context.Context, nc net.Conn) {
+	remote := nc.RemoteAddr().String()
+	tc, peer, err := s.handshake(ctx, nc)
+	if err != nil {
+		s.m.refused.WithLabelValues(refusal(err)).Inc()
+		s.log.Info().Err(err).Str("remote_addr", remote).Msg("connection refused")
+		nc.Close()
+		return
+	}
+	log := s.log.With().Str("peer_id", peer.ID.Short()).Str("role", peer.Role.String()).Str("user", peer.User).Logger()
+	lc := s.cfg.Link
+	lc.Handler = s.Handler(peer)
+	c := link.New(tc, lc, log)
+	s.mu.Lock()
+	s.conns[c] = peer
+	s.mu.Unlock()
+	s.m.sessions.WithLabelValues(peer.Role.String()).Inc()
+	if peer.Role == wire.RoleSuperPeer && s.cfg.Pool != nil {
+		s.cfg.Pool.Adopt(peer.ID, c)
+	}
+	log.Debug().Str("remote_addr", remote).Msg("session up")
+	err = c.Run(ctx)
+	s.m.sessions.WithLabelValues(peer.Role.String()).Dec()
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	if err != nil && !errors.Is(err, link.ErrClosed) {
+		s.m.closed.WithLabelValues(closeReason(err)).Inc()
+		log.Info().Err(err).Str("remote_addr", remote).Msg("session closed")
+	}
+}
+
+// handshake runs TLS and checks the Hello; it answers refusals itself.
+func (s *Server) handshake(ctx context.Context, nc net.Conn) (*tls.Conn, Peer, error) {
+	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
+	nc.SetDeadline(deadline) //nolint:errcheck // a failed deadline shows as a failed read
+	tc := tls.Server(nc, s.cfg.TLS)
+	hctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		return nil, Peer{}, fmt.Errorf("tls: %w", err)
+	}
+	f, err := wire.ReadFrame(tc, 64<<10)
+	if err != nil {
+		return nil, Peer{}, fmt.Errorf("read hello: %w", err)
+	}
+	if f.Type != wire.TypeHello || f.IsResponse() {
+		return nil, Peer{}, s.refuse(tc, f, wire.Errorf(wire.CodeBadRequest, "first frame must be hello, got %s", f.Type))
+	}
+	var h wire.Hello
+	if err := wire.Unmarshal(f.Body, &h); err != nil {
+		return nil, Peer{}, s.refuse(tc, f, wire.Errorf(wire.CodeBadRequest, "%v", err))
+	}
+	peer, err := s.authenticate(tc.ConnectionState(), &h)
+	if err != nil {
+		return nil, Peer{}, s.refuse(tc, f, err)
+	}
+	peer.Remote = nc.RemoteAddr().String()
+	ok := wire.HelloOK{PeerID: s.cfg.Self, Overlay: s.cfg.Overlay, User: peer.User}
+	body, err := wire.Marshal(&ok)
+	if err != nil {
+		return nil, Peer{}, err
+	}
+	if err := wire.WriteFrame(tc, &wire.Frame{Header: wire.Header{Type: wire.TypeHello, Flags: wire.FlagResponse, TxID: f.TxID}, Body: body}); err != nil {
+		return nil, Peer{}, fmt.Errorf("write hello: %w", err)
+	}
+	tc.SetDeadline(time.Time{}) //nolint:errcheck
+	return tc, peer, nil
+}
+
+// refuse answers the Hello with err (best effort) and returns err.
+func (s *Server) refuse(tc *tls.Conn, req *wire.Frame, err error) error {
+	var e *wire.Error
+	if !errors.As(err, &e) {
+		e = wire.Errorf(wire.CodeInternal, "%v", err)
+	}
+	if body, merr := wire.Marshal(e); merr == nil {
+		wire.WriteFrame(tc, &wire.Frame{Header: wire.Header{Type: wire.TypeHello, Flags: wire.FlagResponse | wire.FlagError, TxID: req.TxID}, Body: body}) //nolint:errcheck // closing anyway
+	}
+	return err
+}
+
+func (s *Server) authenticate(cs tls.ConnectionState, h *wire.Hello) (Peer, error) {
+	id, err := auth.PeerIDFromState(cs)
+	if err != nil {
+		return Peer{}, wire.Errorf(wire.CodeUnauthorized, "no identity certificate: %v", err)
+	}
+	if h.Overlay != s.cfg.Overlay {
+		return Peer{}, wire.Errorf(wire.CodeForbidden, "overlay %q is not %q", h.Overlay, s.cfg.Overlay)
+	}
+	switch h.Role {
+	case wire.RoleSuperPeer:
+		if err := auth.PeerVerifiedByCA(cs, s.cfg.CA); err != nil {
+			return Peer{}, wire.Errorf(wire.CodeUnauthorized, "super peer certificate: %v", err)
+		}
+		if err := auth.CheckMeshProof(s.cfg.Secret, cs, id, s.cfg.Self, h.Proof); err != nil {
+			return Peer{}, wire.Errorf(wire.CodeUnauthorized, "mesh proof: %v", err)
+		}
+		return Peer{ID: id, Role: h.Role}, nil
+	case wire.RoleClient, wire.RoleAgent:
+		user, _, err := auth.Verify(s.cfg.Secret, h.Username, h.Password, s.cfg.Now())
+		if err != nil {
+			return Peer{}, wire.Errorf(wire.CodeUnauthorized, "credentials: %v", err)
+		}
+		return Peer{ID: id, User: user, Role: h.Role}, nil
+	}
+	return Peer{}, wire.Errorf(wire.CodeBadRequest, "unknown role %d", h.Role)
+}
+
+func refusal(err error) string {
+	switch wire.CodeOf(err) {
+	case wire.CodeUnauthorized:
+		return "unauthorized"
+	case wire.CodeForbidden:
+		return "forbidden"
+	case wire.CodeBadRequest:
+		return "bad_hello"
+	}
+	return "handshake"
+}
+
+func closeReason(err error) string {
+	switch {
+	case errors.Is(err, wire.ErrTooLarge):
+		return "too_large"
+	case errors.Is(err, wire.ErrVersion):
+		return "version"
+	case errors.Is(err, wire.ErrMalformed), errors.Is(err, wire.ErrHopLimit):
+		return "malformed"
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return "timeout"
+	}
+	return "io"
+}

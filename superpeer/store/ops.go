@@ -1,0 +1,296 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/p2psip/p2psip/common/ids"
+	"github.com/p2psip/p2psip/common/record"
+	"github.com/p2psip/p2psip/common/wire"
+)
+
+// Result reports a coordinated write.
+type Result struct {
+	Acks     int
+	Replicas int
+}
+
+// Put merges rec's entries into the record at a write quorum of its
+// replicas. Entries without a Version get the coordinator's clock; every
+// entry is stamped with the writer. The access rules of §3 are checked
+// here and again at each replica.
+func (s *Store) Put(ctx context.Context, w Writer, rec *record.Record) (res Result, err error) {
+	start := time.Now()
+	defer func() { s.observe("put", start, err) }()
+	if _, err := s.state(); err != nil {
+		return Result{}, err
+	}
+	rec = rec.Clone()
+	now := s.cfg.Now()
+	for i := range rec.Entries {
+		e := &rec.Entries[i]
+		if e.Version == 0 {
+			e.Version = uint64(now.UnixNano())
+		}
+		e.Writer = w.Name()
+		if e.Key == "" {
+			e.Key = record.EntryKey(rec.Kind, e)
+		}
+	}
+	rec.Normalize()
+	if err := rec.Validate(); err != nil {
+		return Result{}, wire.Errorf(wire.CodeBadRequest, "%v", err)
+	}
+	if len(rec.Entries) == 0 {
+		return Result{}, wire.Errorf(wire.CodeBadRequest, "record has no entries")
+	}
+	if err := s.authorize(w, rec); err != nil {
+		return Result{}, err
+	}
+	return s.write(ctx, rec, w)
+}
+
+// write sends rec to its replica set and returns once a quorum acknowledged.
+func (s *Store) write(ctx context.Context, rec *record.Record, w Writer) (Result, error) {
+	st, err := s.state()
+	if err != nil {
+		return Result{}, err
+	}
+	rid := rec.ResourceID()
+	replicas := s.Replicas(rid)
+	need := s.quorum(len(replicas))
+	req := &wire.ReplicateReq{Records: []record.Record{*rec}, Writer: w.Name(), WriterPeer: w.PeerID}
+	acks := make(chan error, len(replicas))
+	for _, p := range replicas {
+		if p == s.cfg.Self {
+			_, err := s.applyLocal(rec, w.Name(), w.PeerID)
+			acks <- err
+			continue
+		}
+		st.wg.Add(1)
+		go func() {
+			defer st.wg.Done()
+			acks <- s.send(st.ctx, p, req)
+		}()
+	}
+	var got, failed int
+	var last error
+	for got < need && got+failed < len(replicas) {
+		select {
+		case err := <-acks:
+			if err != nil {
+				failed++
+				last = err
+				continue
+			}
+			got++
+		case <-ctx.Done():
+			return Result{Acks: got, Replicas: len(replicas)}, fmt.Errorf("store %s: %w", rid.Short(), ctx.Err())
+		}
+	}
+	if got < need {
+		// A replica's own refusal (forbidden, invalid) is more useful to
+		// the writer than "no quorum".
+		var we *wire.Error
+		if errors.As(last, &we) && (we.Code == wire.CodeForbidden || we.Code == wire.CodeBadRequest) {
+			return Result{Acks: got, Replicas: len(replicas)}, we
+		}
+		s.log.Warn().Err(last).Str("resource_id", rid.Short()).Int("acks", got).Int("need", need).Msg("write quorum not reached")
+		return Result{Acks: got, Replicas: len(replicas)}, ErrNoQuorum
+	}
+	return Result{Acks: got, Replicas: len(replicas)}, nil
+}
+
+// send replicates to one peer, bounded by the store's timeout.
+func (s *Store) send(ctx context.Context, p ids.PeerID, req *wire.ReplicateReq) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	_, err := s.peers.Request(ctx, p, wire.TypeReplicate, req)
+	if err != nil {
+		s.m.replicated.WithLabelValues("error").Inc()
+		return fmt.Errorf("replicate to %s: %w", p.Short(), err)
+	}
+	s.m.replicated.WithLabelValues("ok").Inc()
+	return nil
+}
+
+// Get returns the live entries of a record, merged from a quorum of its
+// replicas; replicas found stale are repaired in the background.
+func (s *Store) Get(ctx context.Context, kind record.Kind, name string) (rec *record.Record, err error) {
+	start := time.Now()
+	defer func() { s.observe("get", start, err) }()
+	st, err := s.state()
+	if err != nil {
+		return nil, err
+	}
+	probe := &record.Record{Kind: kind, Name: name}
+	if err := probe.Validate(); err != nil {
+		return nil, wire.Errorf(wire.CodeBadRequest, "%v", err)
+	}
+	rid := probe.ResourceID()
+	replicas := s.Replicas(rid)
+	replies := make(chan reply, len(replicas))
+	req := &wire.ReadReq{Kind: kind, Name: name}
+	for _, p := range replicas {
+		if p == s.cfg.Self {
+			replies <- reply{from: p, rec: s.local.get(rid)}
+			continue
+		}
+		st.wg.Add(1)
+		go func() {
+			defer st.wg.Done()
+			r, err := s.read(st.ctx, p, req)
+			replies <- reply{from: p, rec: r, err: err}
+		}()
+	}
+	need := s.quorum(len(replicas))
+	merged := &record.Record{Kind: kind, Name: name}
+	var seen []reply
+	now := s.cfg.Now()
+	ok := 0
+	for len(seen) < len(replicas) {
+		// Enough answers, and something to show: return now. An empty
+		// answer waits for every replica, since a fresh replica that has
+		// not yet received its hand-off answers empty too.
+		if ok >= need && len(merged.Live(now).Entries) > 0 {
+			break
+		}
+		select {
+		case r := <-replies:
+			seen = append(seen, r)
+			if r.err != nil {
+				continue
+			}
+			ok++
+			if r.rec != nil {
+				if _, err := record.Merge(merged, r.rec); err != nil {
+					s.log.Warn().Err(err).Str("sp_id", r.from.Short()).Msg("replica returned a mismatched record")
+				}
+			}
+		case <-ctx.Done():
+			return nil, fmt.Errorf("fetch %s: %w", rid.Short(), ctx.Err())
+		}
+	}
+	if ok == 0 {
+		return nil, wire.Errorf(wire.CodeUnavailable, "no replica of %s answered", rid.Short())
+	}
+	st.wg.Add(1)
+	go func() {
+		defer st.wg.Done()
+		s.readRepair(st.ctx, rid, merged.Clone(), seen, replies, len(replicas))
+	}()
+	live := merged.Live(now)
+	if len(live.Entries) == 0 {
+		return nil, ErrNotFound
+	}
+	return live, nil
+}
+
+func (s *Store) read(ctx context.Context, p ids.PeerID, req *wire.ReadReq) (*record.Record, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	f, err := s.peers.Request(ctx, p, wire.TypeRead, req)
+	if err != nil {
+		return nil, fmt.Errorf("read from %s: %w", p.Short(), err)
+	}
+	var resp wire.FetchResp
+	if err := wire.Unmarshal(f.Body, &resp); err != nil {
+		return nil, fmt.Errorf("read from %s: %w", p.Short(), err)
+	}
+	if resp.Record != nil {
+		resp.Record.Normalize()
+		if err := resp.Record.Validate(); err != nil {
+			return nil, fmt.Errorf("read from %s: %w", p.Short(), err)
+		}
+	}
+	return resp.Record, nil
+}
+
+// reply is one replica's answer to a read.
+type reply struct {
+	from ids.PeerID
+	rec  *record.Record
+	err  error
+}
+
+// readRepair waits for the replicas that had not answered, then sends the
+// merged record to every replica whose copy differs from it.
+func (s *Store) readRepair(ctx context.Context, rid ids.ResourceID, merged *record.Record, seen []reply, more <-chan reply, total int) {
+	for len(seen) < total {
+		select {
+		case r := <-more:
+			seen = append(seen, r)
+			if r.err == nil && r.rec != nil {
+				record.Merge(merged, r.rec) //nolint:errcheck // same Kind/Name by construction
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
+	if len(merged.Entries) == 0 {
+		return
+	}
+	want := merged.Digest()
+	req := &wire.ReplicateReq{Records: []record.Record{*merged}}
+	for _, r := range seen {
+		if r.err != nil || (r.rec != nil && r.rec.Digest() == want) {
+			continue
+		}
+		s.m.repaired.WithLabelValues("read_repair").Inc()
+		if r.from == s.cfg.Self {
+			if _, err := s.local.merge(rid, merged); err != nil {
+				s.log.Warn().Err(err).Msg("local read repair")
+			}
+			continue
+		}
+		if err := s.send(ctx, r.from, req); err != nil {
+			s.log.Debug().Err(err).Str("resource_id", rid.Short()).Msg("read repair")
+		}
+	}
+}
+
+// Remove tombstones entries of a record (the given keys, or all live ones)
+// at a write quorum. Tombstones outlive the entries they remove so a late
+// copy cannot bring a contact back.
+func (s *Store) Remove(ctx context.Context, w Writer, kind record.Kind, name string, keys []string) (Result, error) {
+	cur, err := s.Get(ctx, kind, name)
+	if err != nil {
+		return Result{}, err
+	}
+	if err := s.authorize(w, cur); err != nil {
+		return Result{}, err
+	}
+	now := s.cfg.Now()
+	tomb := &record.Record{Kind: kind, Name: name}
+	for _, e := range cur.Entries {
+		if len(keys) > 0 && !slices.Contains(keys, e.Key) {
+			continue
+		}
+		t := record.Entry{
+			Key:     e.Key,
+			CallID:  e.CallID,
+			CSeq:    e.CSeq + 1,
+			Version: max(uint64(now.UnixNano()), e.Version+1),
+			Expires: max(e.Expires, now.Unix()+1),
+			Removed: true,
+			Writer:  w.Name(),
+		}
+		tomb.Entries = append(tomb.Entries, t)
+	}
+	if len(tomb.Entries) == 0 {
+		return Result{}, ErrNotFound
+	}
+	tomb.Normalize()
+	start := time.Now()
+	res, err := s.write(ctx, tomb, w)
+	s.observe("remove", start, err)
+	return res, err
+}
+
+// Find returns the live providers of a service.
+func (s *Store) Find(ctx context.Context, service string) (*record.Record, error) {
+	return s.Get(ctx, record.KindService, service)
+}
