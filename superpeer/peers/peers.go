@@ -38,8 +38,8 @@ type Config struct {
 	SelfAddr string // our advertised peer-protocol address, sent in Hello
 	Overlay  string
 	Secret   []byte
-	Cert     tls.Certificate  // our CA-signed node certificate
-	CA       *x509.CertPool   // the overlay CA: the other side must chain to it
+	Cert     tls.Certificate // our CA-signed node certificate
+	CA       *x509.CertPool  // the overlay CA: the other side must chain to it
 	// Handler builds the handler that serves requests arriving on a link
 	// we dialled (links are used both ways).
 	Handler func(from ids.PeerID) link.Handler
