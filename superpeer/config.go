@@ -47,6 +47,8 @@ type Config struct {
 	Promotion string
 	// Capacity is how many agents this super peer admits (advertised).
 	Capacity int
+	// Keepalive is the Ping interval agents are told to keep (default 25s).
+	Keepalive time.Duration
 	// Publishers lists, per service, the users allowed to publish it.
 	Publishers map[string][]string
 

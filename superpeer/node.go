@@ -24,6 +24,7 @@ import (
 	"github.com/p2psip/p2psip/superpeer/admin"
 	"github.com/p2psip/p2psip/superpeer/mesh"
 	"github.com/p2psip/p2psip/superpeer/peers"
+	"github.com/p2psip/p2psip/superpeer/route"
 	"github.com/p2psip/p2psip/superpeer/session"
 	"github.com/p2psip/p2psip/superpeer/store"
 )
@@ -47,6 +48,7 @@ type Node struct {
 	store    *store.Store
 	pool     *peers.Pool
 	sessions *session.Server
+	router   *route.Router
 
 	peerAddr  atomic.Value // string, once bound
 	adminAddr atomic.Value
@@ -158,9 +160,17 @@ func (n *Node) build(key ed25519.PrivateKey) error {
 	if err != nil {
 		return err
 	}
+	n.router, err = route.New(route.Config{
+		Self: n.id, SelfAddr: advertised, Capacity: cfg.Capacity, Keepalive: cfg.Keepalive,
+		Members: func() []mesh.Member { return n.mesh.View().Members },
+		Links:   n.pool, Records: n.store, Registerer: n.reg,
+	}, n.log)
+	if err != nil {
+		return err
+	}
 	n.sessions, err = session.New(session.Config{
 		Listener: cfg.PeerListener, TLS: auth.ServerTLSConfig(cert), Self: n.id, Overlay: cfg.Overlay,
-		Secret: cfg.Secret, CA: ca.Pool(), Store: n.store, Pool: n.pool, Registerer: n.reg,
+		Secret: cfg.Secret, CA: ca.Pool(), Store: n.store, Pool: n.pool, Router: n.router, Registerer: n.reg,
 	}, n.log)
 	if err != nil {
 		return err
@@ -231,12 +241,19 @@ func (n *Node) watch(ctx context.Context) error {
 		Str("admin", n.AdminAddr()).
 		Str("ca_file", filepath.Join(n.cfg.DataDir, CAFile)).
 		Msg("super peer ready")
+	load := time.NewTicker(time.Second)
+	defer load.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			n.router.Wait()
 			return nil
 		case <-n.mesh.Changes():
 			n.applyView()
+		case <-load.C:
+			// Gossip our attach load so bootstrap super peers can redirect
+			// newcomers to the least loaded one.
+			n.mesh.SetLoad(uint32(n.router.Attached()), uint32(n.router.Capacity()))
 		}
 	}
 }
@@ -272,6 +289,8 @@ type Status struct {
 	Records    map[string]int64 `json:"records"`
 	Sessions   map[string]int   `json:"sessions"`
 	Links      int              `json:"links"`
+	Attached   int              `json:"attached"`
+	Capacity   int              `json:"capacity"`
 }
 
 // Status implements admin.Source.
@@ -285,6 +304,7 @@ func (n *Node) Status() any {
 		Ready: n.isReady.Load(), Uptime: time.Since(n.start).Round(time.Second).String(),
 		Members: len(n.mesh.View().Members), Replicas: replicas, Records: n.store.Held(),
 		Sessions: n.sessions.Sessions(), Links: len(n.pool.Links()),
+		Attached: n.router.Attached(), Capacity: n.router.Capacity(),
 	}
 }
 

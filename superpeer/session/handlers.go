@@ -16,7 +16,20 @@ func (s *Server) Handler(peer Peer) link.Handler {
 		s.m.frames.WithLabelValues(f.Type.String()).Inc()
 		switch f.Type {
 		case wire.TypePing:
-			c.Reply(f, &wire.Ping{}) //nolint:errcheck // a dead link ends the session anyway
+			ping := &wire.Ping{}
+			if s.cfg.Router != nil {
+				ping.Load, ping.Capacity = uint32(s.cfg.Router.Attached()), uint32(s.cfg.Router.Capacity())
+			}
+			c.Reply(f, ping) //nolint:errcheck // a dead link ends the session anyway
+			return
+		case wire.TypeTunnel:
+			if s.cfg.Router == nil {
+				return
+			}
+			s.cfg.Router.Tunnel(peer, c, f)
+			return
+		case wire.TypeAttach:
+			s.attach(peer, c, f)
 			return
 		case wire.TypeStore, wire.TypeFetch, wire.TypeRemove, wire.TypeFind:
 		case wire.TypeReplicate, wire.TypeRead, wire.TypeDigest, wire.TypeSync:
@@ -131,4 +144,24 @@ func decode(f *wire.Frame, v any) error {
 		return wire.Errorf(wire.CodeBadRequest, "%v", err)
 	}
 	return nil
+}
+
+// attach answers an agent's Attach inline: the decision uses gossiped loads
+// and never waits on the network.
+func (s *Server) attach(peer Peer, c *link.Conn, f *wire.Frame) {
+	if peer.Role != wire.RoleAgent || s.cfg.Router == nil {
+		c.ReplyError(f, wire.Errorf(wire.CodeForbidden, "attach is for agents")) //nolint:errcheck
+		return
+	}
+	var req wire.Attach
+	if err := decode(f, &req); err != nil {
+		c.ReplyError(f, err) //nolint:errcheck
+		return
+	}
+	res, err := s.cfg.Router.Attach(context.Background(), peer, c, &req)
+	if err != nil {
+		c.ReplyError(f, err) //nolint:errcheck
+		return
+	}
+	c.Reply(f, res) //nolint:errcheck
 }

@@ -41,6 +41,18 @@ type Store interface {
 	HandleSync(from ids.PeerID, req *wire.SyncReq) (*wire.ReplicateReq, error)
 }
 
+// Router admits agents and forwards tunnel frames (superpeer/route).
+type Router interface {
+	Attach(ctx context.Context, peer Peer, c *link.Conn, req *wire.Attach) (*wire.AttachResult, error)
+	Detach(peer Peer, c *link.Conn)
+	// Tunnel handles a Tunnel frame on the reader goroutine; it must not block.
+	Tunnel(peer Peer, c *link.Conn, f *wire.Frame)
+	// KeepaliveFor is the read timeout of an agent's session.
+	KeepaliveFor() time.Duration
+	Attached() int
+	Capacity() int
+}
+
 // Adopter takes inbound super-peer links into the pool.
 type Adopter interface {
 	Adopt(from ids.PeerID, c *link.Conn)
@@ -59,6 +71,8 @@ type Config struct {
 	CA    *x509.CertPool
 	Store Store
 	Pool  Adopter
+	// Router, if set, serves Attach and Tunnel.
+	Router Router
 	// MaxInFlight bounds concurrently served requests (default 4096);
 	// past it requests are answered CodeUnavailable at once.
 	MaxInFlight int
@@ -178,6 +192,11 @@ func (s *Server) serve(ctx context.Context, nc net.Conn) {
 	log := s.log.With().Str("peer_id", peer.ID.Short()).Str("role", peer.Role.String()).Str("user", peer.User).Logger()
 	lc := s.cfg.Link
 	lc.Handler = s.Handler(peer)
+	if peer.Role == wire.RoleAgent && s.cfg.Router != nil {
+		// An agent pings every keepalive; silence for three of them
+		// means it is gone (its NAT binding is likely gone too).
+		lc.ReadTimeout = s.cfg.Router.KeepaliveFor()
+	}
 	c := link.New(tc, lc, log)
 	s.mu.Lock()
 	s.conns[c] = peer
@@ -188,6 +207,9 @@ func (s *Server) serve(ctx context.Context, nc net.Conn) {
 	}
 	log.Debug().Str("remote_addr", remote).Msg("session up")
 	err = c.Run(ctx)
+	if s.cfg.Router != nil && peer.Role == wire.RoleAgent {
+		s.cfg.Router.Detach(peer, c)
+	}
 	s.m.sessions.WithLabelValues(peer.Role.String()).Dec()
 	s.mu.Lock()
 	delete(s.conns, c)

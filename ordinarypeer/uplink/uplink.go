@@ -1,0 +1,411 @@
+// Package uplink is an ordinary peer's one outbound connection to the
+// overlay (ARCHITECTURE.md §5): bootstrap from remembered and configured
+// super peers, follow the bootstrap super peer's redirect to the admitting
+// one, keep the session alive with Pings, and fail over to an alternate
+// super peer as soon as the session breaks or two Pongs go missing.
+package uplink
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/p2psip/p2psip/common/auth"
+	"github.com/p2psip/p2psip/common/client"
+	"github.com/p2psip/p2psip/common/ids"
+	"github.com/p2psip/p2psip/common/link"
+	"github.com/p2psip/p2psip/common/logx"
+	"github.com/p2psip/p2psip/common/wire"
+)
+
+// ErrNotAttached: there is no session right now (failing over).
+var ErrNotAttached = errors.New("uplink: not attached")
+
+// Config configures the uplink. Zero values mean defaults.
+type Config struct {
+	Overlay     string
+	Bootstrap   []string // super peers' peer-protocol addresses
+	Credentials auth.Credentials
+	// Key is the node's identity; its Peer-ID is what the overlay routes to.
+	Key ed25519.PrivateKey
+	// Roots verify super peers' certificates; nil skips verification
+	// (development only; the caller warns).
+	Roots *x509.CertPool
+	// CacheFile remembers super peers between runs ("" : none).
+	CacheFile string
+	// Keepalive overrides the interval the super peer asks for (0: use it).
+	Keepalive time.Duration
+	// DialTimeout bounds one connection attempt (default 2s).
+	DialTimeout time.Duration
+	Promotable  bool
+	// Tunnel receives every inbound Tunnel frame, data or error, on the
+	// session's reader goroutine: it must not block.
+	Tunnel func(f *wire.Frame)
+	// OnAttach runs after every (re)attachment, on its own goroutine; the
+	// agent re-stores its records there.
+	OnAttach func(ctx context.Context, a Attachment)
+}
+
+// Attachment describes the current super peer.
+type Attachment struct {
+	SP         ids.PeerID
+	SPAddr     string
+	At         time.Time
+	Alternates []wire.SuperPeerInfo
+	// Reattach is how long the agent was without a super peer before this
+	// attachment (0 for the first one).
+	Reattach time.Duration
+}
+
+// Uplink keeps the agent attached.
+type Uplink struct {
+	cfg  Config
+	log  zerolog.Logger
+	self ids.PeerID
+	cert tls.Certificate
+
+	mu      sync.Mutex // guards the fields below
+	sess    *client.Session
+	att     Attachment
+	waiters chan struct{} // closed when attached; replaced on loss
+
+	txid      atomic.Uint64
+	failovers atomic.Int64
+	ready     chan struct{}
+	readyOnce sync.Once
+}
+
+// New builds an uplink; Run connects.
+func New(cfg Config, log zerolog.Logger) (*Uplink, error) {
+	if len(cfg.Bootstrap) == 0 && cfg.CacheFile == "" {
+		return nil, errors.New("uplink: no bootstrap super peers")
+	}
+	if cfg.Key == nil {
+		return nil, errors.New("uplink: identity key required")
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 2 * time.Second
+	}
+	cert, err := auth.SelfSignedCertificate(cfg.Key, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("uplink: certificate: %w", err)
+	}
+	return &Uplink{
+		cfg:     cfg,
+		log:     logx.Component(log, "uplink"),
+		self:    ids.PeerIDFromKey(cfg.Key.Public().(ed25519.PublicKey)),
+		cert:    cert,
+		waiters: make(chan struct{}),
+		ready:   make(chan struct{}),
+	}, nil
+}
+
+// Self is this node's Peer-ID.
+func (u *Uplink) Self() ids.PeerID { return u.self }
+
+// Ready is closed after the first successful attachment.
+func (u *Uplink) Ready() <-chan struct{} { return u.ready }
+
+// Failovers counts reattachments after a lost super peer.
+func (u *Uplink) Failovers() int { return int(u.failovers.Load()) }
+
+// Attachment returns the current super peer (ok false while failing over).
+func (u *Uplink) Attachment() (Attachment, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.att, u.sess != nil
+}
+
+// Session waits until attached (or ctx ends) and returns the session, for
+// store operations.
+func (u *Uplink) Session(ctx context.Context) (*client.Session, error) {
+	for {
+		u.mu.Lock()
+		s, w := u.sess, u.waiters
+		u.mu.Unlock()
+		if s != nil {
+			return s, nil
+		}
+		select {
+		case <-w:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %w", ErrNotAttached, ctx.Err())
+		}
+	}
+}
+
+// SendTunnel sends one payload to dst through the current super peer;
+// hint is dst's super peer if known. It does not wait for room: a full
+// queue is an error the caller reports (SIP retransmits or fails over).
+func (u *Uplink) SendTunnel(dst, hint ids.PeerID, payload []byte) error {
+	u.mu.Lock()
+	s := u.sess
+	u.mu.Unlock()
+	if s == nil {
+		return ErrNotAttached
+	}
+	return s.Conn.Send(&wire.Frame{
+		Header: wire.Header{Type: wire.TypeTunnel, Flags: wire.FlagRouted, Hops: 1, TxID: u.txid.Add(1), Src: u.self, Dst: dst, Via: hint},
+		Body:   payload,
+	})
+}
+
+// Run attaches and keeps the agent attached until ctx ends.
+func (u *Uplink) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	var lost time.Time
+	backoff := 100 * time.Millisecond
+	var last ids.PeerID
+	for ctx.Err() == nil {
+		sess, att, err := u.attach(ctx, last)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			u.log.Warn().Err(err).Dur("retry_in", backoff).Msg("attach failed")
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		if !lost.IsZero() {
+			att.Reattach = time.Since(lost)
+			u.failovers.Add(1)
+		}
+		last = att.SP
+		u.mu.Lock()
+		u.sess, u.att = sess, att
+		close(u.waiters)
+		u.mu.Unlock()
+		u.readyOnce.Do(func() { close(u.ready) })
+		u.remember(att)
+		u.log.Info().Str("sp_id", att.SP.Short()).Str("remote_addr", att.SPAddr).Dur("reattach", att.Reattach).Msg("attached")
+		if u.cfg.OnAttach != nil {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				u.cfg.OnAttach(ctx, att)
+			}()
+		}
+		err = u.keep(ctx, sess, att)
+		lost = time.Now()
+		u.mu.Lock()
+		u.sess = nil
+		u.waiters = make(chan struct{})
+		u.mu.Unlock()
+		sess.Close()
+		if ctx.Err() == nil {
+			u.log.Warn().Err(err).Str("sp_id", att.SP.Short()).Msg("super peer lost; failing over")
+		}
+	}
+	return nil
+}
+
+// keep pings the super peer until the session breaks, two pings in a row
+// go unanswered, or ctx ends.
+func (u *Uplink) keep(ctx context.Context, s *client.Session, att Attachment) error {
+	interval := u.cfg.Keepalive
+	if interval <= 0 {
+		interval = 25 * time.Second
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	missed := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.Conn.Done():
+			return s.Conn.Err()
+		case <-t.C:
+			pctx, cancel := context.WithTimeout(ctx, interval)
+			_, err := s.Conn.Request(pctx, wire.TypePing, &wire.Ping{})
+			cancel()
+			if err == nil {
+				missed = 0
+				continue
+			}
+			if missed++; missed >= 2 {
+				return fmt.Errorf("two pings unanswered: %w", err)
+			}
+		}
+	}
+}
+
+// attach tries the candidates in order until one admits us. The super
+// peer we just lost goes last.
+func (u *Uplink) attach(ctx context.Context, lost ids.PeerID) (*client.Session, Attachment, error) {
+	var errs []error
+	for _, addr := range u.candidates(lost) {
+		sess, att, err := u.attachAt(ctx, addr, false)
+		if err == nil {
+			return sess, att, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, Attachment{}, errors.Join(errs...)
+}
+
+// attachAt attaches at addr, following one redirect.
+func (u *Uplink) attachAt(ctx context.Context, addr string, redirected bool) (*client.Session, Attachment, error) {
+	sess, err := u.dial(ctx, addr)
+	if err != nil {
+		return nil, Attachment{}, err
+	}
+	actx, cancel := context.WithTimeout(ctx, u.cfg.DialTimeout)
+	defer cancel()
+	f, err := sess.Conn.Request(actx, wire.TypeAttach, &wire.Attach{Promotable: u.cfg.Promotable, NoRedirect: redirected})
+	if err != nil {
+		sess.Close()
+		return nil, Attachment{}, fmt.Errorf("attach at %s: %w", addr, err)
+	}
+	var res wire.AttachResult
+	if err := wire.Unmarshal(f.Body, &res); err != nil {
+		sess.Close()
+		return nil, Attachment{}, fmt.Errorf("attach at %s: %w", addr, err)
+	}
+	switch res.Status {
+	case wire.AttachOK:
+		if res.KeepaliveMS > 0 && u.cfg.Keepalive == 0 {
+			u.cfg.Keepalive = time.Duration(res.KeepaliveMS) * time.Millisecond
+		}
+		return sess, Attachment{SP: sess.OK.PeerID, SPAddr: addr, At: time.Now(), Alternates: res.Alternates}, nil
+	case wire.AttachRedirect:
+		sess.Close()
+		if redirected || res.Redirect == nil {
+			return nil, Attachment{}, fmt.Errorf("attach at %s: redirect loop", addr)
+		}
+		u.log.Debug().Str("from", addr).Str("to", res.Redirect.PeerAddr).Msg("redirected")
+		s2, att, err := u.attachAt(ctx, res.Redirect.PeerAddr, true)
+		if err != nil {
+			return nil, Attachment{}, fmt.Errorf("after redirect from %s: %w", addr, err)
+		}
+		if len(att.Alternates) == 0 {
+			att.Alternates = res.Alternates
+		}
+		return s2, att, nil
+	}
+	sess.Close()
+	return nil, Attachment{}, fmt.Errorf("attach at %s: unknown status %d", addr, res.Status)
+}
+
+func (u *Uplink) dial(ctx context.Context, addr string) (*client.Session, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("super peer address %q: %w", addr, err)
+	}
+	creds := u.cfg.Credentials
+	return client.Dial(ctx, client.Config{
+		Addr:    addr,
+		TLS:     auth.ClientTLSConfig(&u.cert, u.cfg.Roots, host),
+		Timeout: u.cfg.DialTimeout,
+		Hello: func(tls.ConnectionState) (wire.Hello, error) {
+			return wire.Hello{Role: wire.RoleAgent, Overlay: u.cfg.Overlay, Username: creds.Username, Password: creds.Password}, nil
+		},
+		Link: link.Config{Handler: u.handle},
+	}, u.log)
+}
+
+// handle serves what the super peer sends us besides responses.
+func (u *Uplink) handle(c *link.Conn, f *wire.Frame) {
+	switch f.Type {
+	case wire.TypeTunnel:
+		if u.cfg.Tunnel != nil {
+			u.cfg.Tunnel(f)
+		}
+	case wire.TypePing:
+		c.Reply(f, &wire.Ping{}) //nolint:errcheck
+	default:
+		c.ReplyError(f, wire.Errorf(wire.CodeUnknownType, "%s not served by agents", f.Type)) //nolint:errcheck
+	}
+}
+
+// candidates orders where to attach: the alternates we were given, then
+// remembered super peers, then the configured bootstrap list; lost last.
+func (u *Uplink) candidates(lost ids.PeerID) []string {
+	var out, tail []string
+	seen := map[string]bool{}
+	add := func(addr string, last bool) {
+		if addr == "" || seen[addr] {
+			return
+		}
+		seen[addr] = true
+		if last {
+			tail = append(tail, addr)
+		} else {
+			out = append(out, addr)
+		}
+	}
+	u.mu.Lock()
+	att := u.att
+	u.mu.Unlock()
+	for _, a := range att.Alternates {
+		add(a.PeerAddr, a.PeerID == lost)
+	}
+	for _, a := range u.loadCache() {
+		add(a, false)
+	}
+	for _, a := range u.cfg.Bootstrap {
+		add(a, false)
+	}
+	if !lost.IsZero() {
+		add(att.SPAddr, true)
+	}
+	return append(out, tail...)
+}
+
+type cache struct {
+	SuperPeers []string `json:"super_peers"`
+}
+
+func (u *Uplink) loadCache() []string {
+	if u.cfg.CacheFile == "" {
+		return nil
+	}
+	b, err := os.ReadFile(u.cfg.CacheFile)
+	if err != nil || len(b) > 64<<10 {
+		return nil
+	}
+	var c cache
+	if err := json.Unmarshal(b, &c); err != nil {
+		u.log.Warn().Err(err).Str("file", u.cfg.CacheFile).Msg("ignoring unreadable super-peer cache")
+		return nil
+	}
+	return c.SuperPeers
+}
+
+// remember caches the current super peer and its alternates for the next run.
+func (u *Uplink) remember(att Attachment) {
+	if u.cfg.CacheFile == "" {
+		return
+	}
+	c := cache{SuperPeers: []string{att.SPAddr}}
+	for _, a := range att.Alternates {
+		c.SuperPeers = append(c.SuperPeers, a.PeerAddr)
+	}
+	b, _ := json.Marshal(c)
+	tmp := u.cfg.CacheFile + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err == nil {
+		if err := os.Rename(tmp, u.cfg.CacheFile); err != nil {
+			u.log.Debug().Err(err).Msg("super-peer cache")
+		}
+	}
+}
