@@ -95,7 +95,8 @@ if [ -n "$missing" ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>
 
   apt_opts=(-y -q --no-install-recommends -o DPkg::Lock::Timeout=300)
   export DEBIAN_FRONTEND=noninteractive
-  say "installing: $(echo ${required_pkgs[@]+"${required_pkgs[@]}"} ${optional_pkgs[@]+"${optional_pkgs[@]}"})"
+  to_install=(${required_pkgs[@]+"${required_pkgs[@]}"} ${optional_pkgs[@]+"${optional_pkgs[@]}"})
+  say "installing: ${to_install[*]}"
   apt-get -q -o DPkg::Lock::Timeout=300 update >/dev/null ||
     say "warning: apt-get update failed; trying the install with the package lists at hand"
   installed=()

@@ -56,8 +56,8 @@ type Node struct {
 	isReady   atomic.Bool
 }
 
-// New loads the identity and secret and builds every part; it binds
-// nothing (Run does).
+// New loads the identity and secret, binds the peer-protocol listener (so
+// PeerAddr is known at once) and builds every part; Run starts them.
 func New(cfg Config, log zerolog.Logger) (*Node, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, fmt.Errorf("superpeer config: %w", err)
@@ -265,6 +265,7 @@ func (n *Node) applyView() {
 		addrs[m.PeerID] = m.PeerAddr
 	}
 	n.pool.SetAddrs(addrs)
+	n.pool.Warm()
 	n.store.SetView(v.IDs())
 }
 

@@ -72,9 +72,12 @@ func (o *Overlay) FastConfig() superpeer.Config {
 		Bind:                "127.0.0.1",
 		GossipPort:          -1,
 		Admin:               "off",
-		ProbeInterval:       200 * time.Millisecond,
+		// Short enough for quick failure detection (about 2–3 s), long
+		// enough not to suspect healthy members on a loaded 2-core CI
+		// machine running -race.
+		ProbeInterval:       500 * time.Millisecond,
 		SuspicionMult:       3,
-		StoreTimeout:        time.Second,
+		StoreTimeout:        5 * time.Second,
 		SweepInterval:       200 * time.Millisecond,
 		AntiEntropyInterval: 2 * time.Second,
 	}

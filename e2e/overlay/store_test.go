@@ -114,7 +114,7 @@ func TestStoreSurvivesCrashesAndRebalances(t *testing.T) {
 				}
 				rec := locationRecord(i, expires)
 				sp := sps[i%len(sps)]
-				res, err := sp.Node.Store().Put(ctx, store.Writer{User: fmt.Sprintf("u%d", i)}, rec)
+				res, err := sp.Node.Store().Put(ctx, store.Writer{User: userOf(i)}, rec)
 				if err != nil || res.Acks < 2 {
 					failed.Add(1)
 					t.Errorf("put %s via %s: %v (acks %d)", rec.Name, sp.Node.ID().Short(), err, res.Acks)
@@ -150,3 +150,5 @@ func TestStoreSurvivesCrashesAndRebalances(t *testing.T) {
 	t.Logf("sixth super peer holds %d records", held)
 	fetchAll(t, o, n, []*harness.SP{sixth})
 }
+
+func userOf(i int) string { return fmt.Sprintf("u%d", i) }

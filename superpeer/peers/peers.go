@@ -56,7 +56,9 @@ type Pool struct {
 	addrs map[ids.PeerID]string
 	conns map[ids.PeerID]*slot
 	ctx   context.Context
-	wg    sync.WaitGroup
+	// closing is set when Run is about to wait: nothing new may start.
+	closing bool
+	wg      sync.WaitGroup
 }
 
 // slot is one peer's link, or the dial in progress.
@@ -85,6 +87,7 @@ func (p *Pool) Run(ctx context.Context) error {
 	p.mu.Unlock()
 	<-ctx.Done()
 	p.mu.Lock()
+	p.closing = true
 	for _, s := range p.conns {
 		if s.conn != nil {
 			s.conn.Close()
@@ -184,6 +187,11 @@ func (p *Pool) get(ctx context.Context, to ids.PeerID) (*link.Conn, error) {
 		p.mu.Unlock()
 		return nil, err
 	}
+	if p.closing {
+		p.mu.Unlock()
+		sess.Close()
+		return nil, fmt.Errorf("peers: shutting down")
+	}
 	s.conn = sess.Conn
 	p.trackLocked(to, sess.Conn, sess)
 	p.mu.Unlock()
@@ -243,12 +251,39 @@ func (p *Pool) trackLocked(to ids.PeerID, c *link.Conn, sess *client.Session) {
 	}()
 }
 
+// Warm dials, in the background, every member without a link, so the
+// first write after a join does not pay for TLS handshakes.
+func (p *Pool) Warm() {
+	p.mu.Lock()
+	ctx := p.ctx
+	var todo []ids.PeerID
+	for id := range p.addrs {
+		if id != p.cfg.Self && p.conns[id] == nil {
+			todo = append(todo, id)
+		}
+	}
+	if ctx == nil || p.closing {
+		p.mu.Unlock()
+		return
+	}
+	p.wg.Add(len(todo))
+	p.mu.Unlock()
+	for _, id := range todo {
+		go func() {
+			defer p.wg.Done()
+			if _, err := p.get(ctx, id); err != nil {
+				p.log.Debug().Err(err).Str("sp_id", id.Short()).Msg("warm link")
+			}
+		}()
+	}
+}
+
 // Adopt registers a link the other super peer dialled, so our requests
 // can use it too. An existing live link is kept; both then stay usable.
 func (p *Pool) Adopt(from ids.PeerID, c *link.Conn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if s := p.conns[from]; s != nil && (s.conn != nil || s.dialing != nil) {
+	if s := p.conns[from]; p.closing || s != nil && (s.conn != nil || s.dialing != nil) {
 		return
 	}
 	p.conns[from] = &slot{conn: c}

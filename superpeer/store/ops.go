@@ -106,15 +106,24 @@ func (s *Store) write(ctx context.Context, rec *record.Record, w Writer) (Result
 
 // send replicates to one peer, bounded by the store's timeout.
 func (s *Store) send(ctx context.Context, p ids.PeerID, req *wire.ReplicateReq) error {
+	_, err := s.sendBatch(ctx, p, req)
+	return err
+}
+
+func (s *Store) sendBatch(ctx context.Context, p ids.PeerID, req *wire.ReplicateReq) (*wire.ReplicateResp, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
-	_, err := s.peers.Request(ctx, p, wire.TypeReplicate, req)
+	f, err := s.peers.Request(ctx, p, wire.TypeReplicate, req)
 	if err != nil {
 		s.m.replicated.WithLabelValues("error").Inc()
-		return fmt.Errorf("replicate to %s: %w", p.Short(), err)
+		return nil, fmt.Errorf("replicate to %s: %w", p.Short(), err)
 	}
 	s.m.replicated.WithLabelValues("ok").Inc()
-	return nil
+	var resp wire.ReplicateResp
+	if err := wire.Unmarshal(f.Body, &resp); err != nil {
+		return nil, fmt.Errorf("replicate to %s: %w", p.Short(), err)
+	}
+	return &resp, nil
 }
 
 // Get returns the live entries of a record, merged from a quorum of its

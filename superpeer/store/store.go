@@ -255,3 +255,6 @@ func reason(err error) string {
 
 // HoldsForTest reports whether this super peer holds a local copy of rid.
 func (s *Store) HoldsForTest(rid ids.ResourceID) bool { return s.local.get(rid) != nil }
+
+// DropForTest deletes the local copy of rid, as a lost message would leave it.
+func (s *Store) DropForTest(rid ids.ResourceID) { s.local.remove(rid) }

@@ -81,7 +81,7 @@ func (s *Store) handoff(ctx context.Context, prev, next []ids.PeerID) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.pushBatches(ctx, p, recs); err != nil {
+			if _, err := s.pushBatches(ctx, p, recs); err != nil {
 				s.log.Warn().Err(err).Str("sp_id", p.Short()).Int("records", len(recs)).Msg("hand-off incomplete; anti-entropy will retry")
 				mu.Lock()
 				failed[p] = true
@@ -104,16 +104,20 @@ func (s *Store) handoff(ctx context.Context, prev, next []ids.PeerID) {
 	}
 }
 
-// pushBatches replicates recs to p in frames of at most Batch records.
-func (s *Store) pushBatches(ctx context.Context, p ids.PeerID, recs []record.Record) error {
+// pushBatches replicates recs to p in frames of at most Batch records and
+// returns how many changed p.
+func (s *Store) pushBatches(ctx context.Context, p ids.PeerID, recs []record.Record) (int, error) {
+	applied := 0
 	for len(recs) > 0 {
 		n := min(len(recs), s.cfg.Batch)
-		if err := s.send(ctx, p, &wire.ReplicateReq{Records: recs[:n]}); err != nil {
-			return err
+		resp, err := s.sendBatch(ctx, p, &wire.ReplicateReq{Records: recs[:n]})
+		if err != nil {
+			return applied, err
 		}
+		applied += resp.Applied
 		recs = recs[n:]
 	}
-	return nil
+	return applied, nil
 }
 
 // digests folds the records that both self and peer should hold into
@@ -193,7 +197,9 @@ func (s *Store) syncWith(ctx context.Context, p ids.PeerID, view []ids.PeerID, d
 	}
 	// Ours to them.
 	mine := s.shared(view, p, want)
-	if err := s.pushBatches(ctx, p, mine); err != nil {
+	applied, err := s.pushBatches(ctx, p, mine)
+	s.m.repaired.WithLabelValues("anti_entropy").Add(float64(applied))
+	if err != nil {
 		return err
 	}
 	// Theirs to us, a few buckets per request to stay under the frame limit.

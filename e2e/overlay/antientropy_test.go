@@ -1,0 +1,49 @@
+package overlay
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/p2psip/p2psip/e2e/harness"
+	"github.com/p2psip/p2psip/superpeer/store"
+)
+
+// A replica that lost records (a missed message) gets them back from
+// anti-entropy, without any read touching them.
+func TestAntiEntropyRepairsAReplica(t *testing.T) {
+	o := harness.New(t)
+	for range 3 {
+		o.Start()
+	}
+	o.WaitConverged(10 * time.Second)
+	sps := o.Alive()
+	const n = 200
+	for i := range n {
+		if _, err := sps[0].Node.Store().Put(context.Background(), store.Writer{User: userOf(i)}, locationRecord(i, time.Now().Add(time.Hour))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitReplicated(t, o, n, 10*time.Second)
+	victim := sps[2]
+	for i := range n {
+		victim.Node.Store().DropForTest(locationRecord(i, time.Time{}).ResourceID())
+	}
+	if victim.Node.Store().Held()["location"] != 0 {
+		t.Fatal("drop failed")
+	}
+	harness.Eventually(t, 15*time.Second, func() error {
+		if got := victim.Node.Store().Held()["location"]; got != n {
+			return errors.New("not repaired yet")
+		}
+		return nil
+	})
+	repaired := 0.0
+	for _, sp := range sps {
+		repaired += counter(t, sp, "p2psip_store_repairs_total", "anti_entropy")
+	}
+	if repaired < n {
+		t.Fatalf("repairs not counted as anti-entropy")
+	}
+}
