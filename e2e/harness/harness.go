@@ -67,11 +67,11 @@ func New(t testing.TB) *Overlay {
 // FastConfig is a super-peer configuration with short timers for tests.
 func (o *Overlay) FastConfig() superpeer.Config {
 	return superpeer.Config{
-		Overlay:             o.Name,
-		Secret:              o.Secret,
-		Bind:                "127.0.0.1",
-		GossipPort:          -1,
-		Admin:               "off",
+		Overlay:    o.Name,
+		Secret:     o.Secret,
+		Bind:       "127.0.0.1",
+		GossipPort: -1,
+		Admin:      "off",
 		// Short enough for quick failure detection (about 2–3 s), long
 		// enough not to suspect healthy members on a loaded 2-core CI
 		// machine running -race.

@@ -139,11 +139,3 @@ func (l *local) sweep(now time.Time) int {
 	}
 	return dropped
 }
-
-func (l *local) total() int64 {
-	var n int64
-	for i := range l.counts {
-		n += l.counts[i].Load()
-	}
-	return n
-}
