@@ -309,6 +309,9 @@ func (n *Node) Status() any {
 	}
 }
 
+// Peers implements admin.Source.
+func (n *Node) Peers() any { return n.sessions.Peers() }
+
 // Members implements admin.Source.
 func (n *Node) Members() any { return n.mesh.View().Members }
 

@@ -23,6 +23,9 @@ const (
 	RoleSuperPeer Role = 3
 )
 
+// MarshalText shows the role's name in JSON.
+func (r Role) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
 func (r Role) String() string {
 	switch r {
 	case RoleClient:

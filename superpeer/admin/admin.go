@@ -28,6 +28,8 @@ type Source interface {
 	Status() any
 	// Members is the mesh as this node sees it (JSON-encodable).
 	Members() any
+	// Peers lists the sessions: attached agents, clients, super-peer links.
+	Peers() any
 	// Location fetches an AoR's location record through the store.
 	Location(ctx context.Context, aor string) (*record.Record, error)
 }
@@ -61,6 +63,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	}
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, cfg.Source.Status()) })
 	mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, cfg.Source.Members()) })
+	mux.HandleFunc("GET /v1/peers", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, cfg.Source.Peers()) })
 	mux.HandleFunc("GET /v1/records/{aor}", s.records)
 	s.srv = &http.Server{
 		Handler:           mux,

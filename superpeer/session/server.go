@@ -88,10 +88,10 @@ type Config struct {
 
 // Peer is an authenticated connection's identity.
 type Peer struct {
-	ID     ids.PeerID
-	User   string
-	Role   wire.Role
-	Remote string
+	ID     ids.PeerID `json:"peer_id"`
+	User   string     `json:"user,omitempty"`
+	Role   wire.Role  `json:"role"`
+	Remote string     `json:"remote_addr"`
 }
 
 // Server accepts and serves peer-protocol connections.
@@ -176,6 +176,17 @@ func (s *Server) Sessions() map[string]int {
 	out := map[string]int{}
 	for _, p := range s.conns {
 		out[p.Role.String()]++
+	}
+	return out
+}
+
+// Peers lists the authenticated sessions (for /v1/peers).
+func (s *Server) Peers() []Peer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Peer, 0, len(s.conns))
+	for _, p := range s.conns {
+		out = append(out, p)
 	}
 	return out
 }

@@ -1,0 +1,288 @@
+package siproute
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/p2psip/p2psip/common/ids"
+	"github.com/p2psip/p2psip/common/logx"
+	"github.com/p2psip/p2psip/common/record"
+)
+
+// Locator finds the live contacts of an overlay AoR (normalized,
+// "sip:user@overlay"). An error wrapping ErrNotFound means there is no
+// record (404); other errors and an empty list mean nobody is reachable
+// (480). It is called from SIP handler goroutines and may block until ctx
+// ends.
+type Locator interface {
+	Lookup(ctx context.Context, aor string) ([]record.Contact, error)
+}
+
+// Sender carries one SIP message to a peer over the overlay. spHint is the
+// super peer the peer was last seen behind (zero if unknown). It must not
+// keep payload's backing array past the call unless it owns it: the router
+// hands over a fresh copy each time, so it may. An error fails the SIP
+// transaction at once (the caller sees 480) instead of letting it time out.
+type Sender interface {
+	SendTunnel(dst, spHint ids.PeerID, payload []byte) error
+}
+
+// Local says how to reach a phone registered at this node: the sipgo
+// transport name ("UDP", "TCP") and the source ip:port it registered from.
+// contactURI is a Request-URI or a stored contact URI; implementations
+// should match it leniently (scheme, user, host and port; parameters
+// ignored).
+type Local interface {
+	Flow(contactURI string) (transport, addr string, ok bool)
+}
+
+// Config configures a Router. Interfaces are called concurrently from SIP
+// handler goroutines.
+type Config struct {
+	// Self is this node's Peer-ID; it is the user part of our Record-Route.
+	Self ids.PeerID
+	// Overlay is the overlay domain; Request-URIs in it are looked up.
+	Overlay string
+	// UA, if nil (recommended), is built and owned by the Router with what
+	// the overlay needs and sipgo accepts only at construction: a dialer
+	// that refuses tunnel addresses, stateless forwarding of late 2xx
+	// retransmissions, and transaction failure on connection loss. A
+	// caller-supplied UA lacks those three, must not be used by anything
+	// else that serves TLS, and is closed by its owner. See Router.UA.
+	UA *sipgo.UserAgent
+	// UserAgent is the UA name when the Router builds the UA; "" means
+	// "p2psip".
+	UserAgent string
+
+	Locator Locator
+	Sender  Sender
+	Local   Local
+
+	// RecordRouteHost and RecordRoutePort are the node's local SIP
+	// address, the one its phones reach; they go into our Record-Route and
+	// identify Route headers that point at us. Required.
+	RecordRouteHost string
+	RecordRoutePort int
+
+	// Register handles REGISTER from local phones (the registrar); nil
+	// answers 405. REGISTER from the tunnel is always refused (403).
+	Register func(req *sip.Request, tx sip.ServerTransaction)
+
+	// LookupTimeout bounds one Locator.Lookup; 0 means 5s.
+	LookupTimeout time.Duration
+	// QueueLen bounds the inbound payloads queued per peer before sipgo
+	// reads them; 0 means 256. Payloads beyond it are dropped and counted.
+	QueueLen int
+	// TimerC bounds how long an INVITE branch may ring (RFC 3261 §16.6
+	// step 11) before it is cancelled; 0 means 3 minutes.
+	TimerC time.Duration
+
+	Log zerolog.Logger
+}
+
+// Router is the SIP proxy of one overlay node: phone side on UDP/TCP,
+// overlay side on the tunnel. Create it with New, run it with Serve.
+type Router struct {
+	cfg       Config
+	log       zerolog.Logger
+	selfHex   string
+	selfShort string
+	ownUA     bool
+	ua        *sipgo.UserAgent
+	srv       *sipgo.Server
+	cli       *sipgo.Client
+	tun       *tunnel
+	stats     counters
+
+	mu sync.Mutex // guards state, runCtx and stop; handlers.Add happens under it
+	// state is 0 before Serve, 1 while serving, 2 after.
+	state    int
+	runCtx   context.Context
+	stop     context.CancelFunc
+	handlers sync.WaitGroup // handler goroutines and what they started
+}
+
+// New validates cfg and builds the router; it does no I/O.
+func New(cfg Config) (*Router, error) {
+	switch {
+	case cfg.Self.IsZero():
+		return nil, errors.New("siproute: Self required")
+	case cfg.Overlay == "":
+		return nil, errors.New("siproute: Overlay required")
+	case cfg.Locator == nil || cfg.Sender == nil || cfg.Local == nil:
+		return nil, errors.New("siproute: Locator, Sender and Local required")
+	case cfg.RecordRouteHost == "" || cfg.RecordRoutePort <= 0 || cfg.RecordRoutePort > 65535:
+		return nil, errors.New("siproute: RecordRouteHost and RecordRoutePort required")
+	}
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = "p2psip"
+	}
+	if cfg.LookupTimeout <= 0 {
+		cfg.LookupTimeout = 5 * time.Second
+	}
+	if cfg.QueueLen <= 0 {
+		cfg.QueueLen = 256
+	}
+	if cfg.TimerC <= 0 {
+		cfg.TimerC = 3 * time.Minute
+	}
+	r := &Router{
+		cfg: cfg, selfHex: cfg.Self.String(), selfShort: cfg.Self.Short(),
+		log: cfg.Log.With().Str("component", "siproute").Str("peer_id", cfg.Self.Short()).Logger(),
+	}
+	r.tun = newTunnel(cfg.Sender, cfg.QueueLen, &r.stats, r.log)
+	slog := logx.Slog(r.log.With().Str("lib", "sipgo").Logger())
+	r.ua = cfg.UA
+	if r.ua == nil {
+		ua, err := r.newUA(slog)
+		if err != nil {
+			return nil, err
+		}
+		r.ua, r.ownUA = ua, true
+	}
+	var err error
+	if r.srv, err = sipgo.NewServer(r.ua, sipgo.WithServerLogger(slog)); err != nil {
+		return nil, fmt.Errorf("siproute: sip server: %w", err)
+	}
+	// Via sent-by: our local host; sipgo fills the port from the
+	// connection each request leaves on.
+	if r.cli, err = sipgo.NewClient(r.ua, sipgo.WithClientHostname(cfg.RecordRouteHost), sipgo.WithClientLogger(slog)); err != nil {
+		return nil, fmt.Errorf("siproute: sip client: %w", err)
+	}
+	// Every method goes through one handler: a proxy forwards methods it
+	// does not know.
+	r.srv.OnNoRoute(r.handle)
+	return r, nil
+}
+
+// UA is the sipgo user agent the router serves on (for tests and for
+// callers that add listeners, e.g. TLS on the SIP edge).
+func (r *Router) UA() *sipgo.UserAgent { return r.ua }
+
+// Stats returns a snapshot of the counters.
+func (r *Router) Stats() Stats { return r.stats.snapshot() }
+
+// Serve serves the phone side on udp and tcp (either may be nil) and the
+// tunnel side until ctx ends or a listener fails. It closes the sockets it
+// was given, ends every transaction, waits for every handler, and closes
+// the UA if it built it. It can be called once.
+func (r *Router) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener) error {
+	r.mu.Lock()
+	if r.state != 0 {
+		r.mu.Unlock()
+		return errors.New("siproute: Serve called twice")
+	}
+	r.state = 1
+	r.runCtx, r.stop = context.WithCancel(ctx)
+	runCtx := r.runCtx
+	r.mu.Unlock()
+	r.tun.start()
+
+	g, gctx := errgroup.WithContext(runCtx)
+	serve := func(name string, f func() error) {
+		g.Go(func() error {
+			err := f()
+			if gctx.Err() != nil {
+				return nil
+			}
+			if err == nil {
+				err = net.ErrClosed
+			}
+			return fmt.Errorf("siproute: serve %s: %w", name, err)
+		})
+	}
+	if udp != nil {
+		serve("udp "+udp.LocalAddr().String(), func() error { return r.srv.ServeUDP(udp) })
+	}
+	if tcp != nil {
+		serve("tcp "+tcp.Addr().String(), func() error { return r.srv.ServeTCP(tcp) })
+	}
+	serve("tunnel", func() error { return r.srv.ServeTLS(r.tun) })
+	g.Go(func() error {
+		<-gctx.Done()
+		r.shutdown(udp, tcp)
+		return nil
+	})
+	r.log.Info().Str("rr", r.recordRoute().Value()).Msg("sip router serving")
+	err := g.Wait()
+	r.log.Info().Msg("sip router stopped")
+	return err
+}
+
+// shutdown refuses new handlers, closes the sockets, cancels running
+// handlers and waits for them, then closes the UA (which ends every
+// transaction and closes sipgo's pooled connections).
+func (r *Router) shutdown(udp net.PacketConn, tcp net.Listener) {
+	r.mu.Lock()
+	r.state = 2
+	r.mu.Unlock()
+	if udp != nil {
+		udp.Close()
+	}
+	if tcp != nil {
+		tcp.Close()
+	}
+	r.tun.Close()
+	r.stop()
+	r.handlers.Wait()
+	if r.ownUA {
+		r.ua.Close()
+	}
+}
+
+// enter registers a handler goroutine; false once the router is stopping.
+func (r *Router) enter() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.state != 1 {
+		return false
+	}
+	r.handlers.Add(1)
+	return true
+}
+
+// running returns the serve context, or nil outside Serve.
+func (r *Router) running() context.Context {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.state != 1 {
+		return nil
+	}
+	return r.runCtx
+}
+
+// Deliver takes one inbound tunnel payload (a whole SIP message) from src,
+// which reached us through super peer via in hops overlay hops. It never
+// blocks for long: the payload is checked and queued for sipgo, or dropped
+// and counted. Deliver takes ownership of payload.
+func (r *Router) Deliver(src, via ids.PeerID, hops uint8, payload []byte) {
+	r.stats.tunnelIn.Add(1)
+	r.stats.hops(hops)
+	if hops > 3 {
+		r.stats.dropped.Add(1)
+		r.log.Warn().Str("src", src.Short()).Uint8("hops", hops).Msg("tunnel payload over the hop bound dropped")
+		return
+	}
+	if err := r.tun.deliver(src, via, payload); err != nil {
+		r.stats.dropped.Add(1)
+		r.log.Debug().Err(err).Str("src", src.Short()).Msg("tunnel payload dropped")
+	}
+}
+
+// PeerGone closes the virtual connection of a peer whose agent went away
+// (or that the overlay could not reach): its pending transactions fail at
+// once and the next message to it starts a new connection.
+func (r *Router) PeerGone(p ids.PeerID) {
+	if r.tun.gone(p) {
+		r.log.Debug().Str("dst", p.Short()).Msg("tunnel connection closed")
+	}
+}
