@@ -3,6 +3,7 @@ package superpeer
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -269,10 +270,29 @@ func (n *Node) applyView() {
 	n.store.SetView(v.IDs())
 }
 
-// Leave departs gracefully: the mesh learns at once instead of after the
-// failure-detection delay. Run must still be running.
+// Leave departs gracefully, bounded by timeout: it stops admitting agents,
+// hands every record to the replicas that take over, asks the attached
+// agents to move (they reattach elsewhere before their session closes),
+// and leaves the mesh so others learn at once. Run must still be running;
+// cancel its context afterwards.
 func (n *Node) Leave(timeout time.Duration) error {
-	return n.mesh.Leave(timeout)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var errs []error
+	moved, err := n.store.Drain(ctx)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("hand off records: %w", err))
+	}
+	if err := n.router.Drain(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	left := max(time.Until(start.Add(timeout)), 500*time.Millisecond)
+	if err := n.mesh.Leave(left); err != nil {
+		errs = append(errs, err)
+	}
+	n.log.Info().Int("records_handed_off", moved).Dur("took", time.Since(start)).Errs("errors", errs).Msg("left the overlay")
+	return errors.Join(errs...)
 }
 
 // ---- admin.Source ----

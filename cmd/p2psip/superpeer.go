@@ -18,10 +18,6 @@ import (
 	"github.com/p2psip/p2psip/superpeer"
 )
 
-// leaveTimeout bounds the graceful part of a stop (announcing the departure
-// to the mesh) before the node is cancelled.
-const leaveTimeout = 2 * time.Second
-
 // superpeerFlags are the flags of `p2psip superpeer`, each also settable
 // from the environment and the config file.
 func superpeerFlags() []cli.Flag {
@@ -58,6 +54,8 @@ func superpeerFlags() []cli.Flag {
 			Usage: "`N` agents this super peer admits (advertised to the mesh)"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "promotion", Value: "off", EnvVars: env("promotion"),
 			Usage: "`off` or auto (promote reachable agents to super peers)"}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "drain-timeout", Value: 10 * time.Second, EnvVars: env("drain-timeout"),
+			Usage: "on SIGTERM, at most `DURATION` to hand records over and move attached agents before leaving"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "json", EnvVars: env("log-format"),
 			Usage: "`json` or console"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("log-level"),
@@ -134,8 +132,8 @@ func runSuperpeer(c *cli.Context) error {
 		return err
 	case <-c.Context.Done():
 	}
-	log.Info().Msg("signal received, leaving the mesh")
-	if err := node.Leave(leaveTimeout); err != nil {
+	log.Info().Msg("signal received, leaving the overlay")
+	if err := node.Leave(c.Duration("drain-timeout")); err != nil {
 		log.Warn().Err(err).Msg("leave")
 	}
 	cancel()

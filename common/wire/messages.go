@@ -149,9 +149,11 @@ type SyncReq struct {
 	Buckets []uint16 `cbor:"1,keyasint"`
 }
 
-// Leave announces a graceful departure.
+// Leave announces a graceful departure. Sent by a super peer to its
+// agents, it asks them to attach elsewhere (Alternates first).
 type Leave struct {
-	Reason string `cbor:"1,keyasint,omitempty"`
+	Reason     string          `cbor:"1,keyasint,omitempty"`
+	Alternates []SuperPeerInfo `cbor:"2,keyasint,omitempty"`
 }
 
 // Code classifies an Error. The values follow SIP's status codes so the

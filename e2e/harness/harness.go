@@ -228,3 +228,10 @@ func Eventually(t testing.TB, timeout time.Duration, f func() error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// Leave makes a super peer depart gracefully, then stops it.
+func (o *Overlay) Leave(sp *SP, timeout time.Duration) error {
+	err := sp.Node.Leave(timeout)
+	o.Kill(sp)
+	return err
+}

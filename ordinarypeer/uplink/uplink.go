@@ -80,6 +80,8 @@ type Uplink struct {
 	att     Attachment
 	waiters chan struct{} // closed when attached; replaced on loss
 
+	// leave carries a super peer's request to move (its alternates).
+	leave     chan []wire.SuperPeerInfo
 	txid      atomic.Uint64
 	failovers atomic.Int64
 	ready     chan struct{}
@@ -108,6 +110,7 @@ func New(cfg Config, log zerolog.Logger) (*Uplink, error) {
 		cert:    cert,
 		waiters: make(chan struct{}),
 		ready:   make(chan struct{}),
+		leave:   make(chan []wire.SuperPeerInfo, 1),
 	}, nil
 }
 
@@ -202,7 +205,43 @@ func (u *Uplink) Run(ctx context.Context) error {
 				u.cfg.OnAttach(ctx, att)
 			}()
 		}
+		select {
+		case <-u.leave: // a request from a session that is gone
+		default:
+		}
 		err = u.keep(ctx, sess, att)
+		var mv *moving
+		if errors.As(err, &mv) {
+			// The super peer is leaving: attach elsewhere first, then let
+			// the old session go, so the agent is never unreachable.
+			u.log.Info().Str("sp_id", att.SP.Short()).Msg("super peer leaving; moving")
+			u.mu.Lock()
+			u.att.Alternates = mv.alternates
+			u.mu.Unlock()
+			next, natt, aerr := u.attach(ctx, att.SP)
+			if aerr == nil && natt.SP != att.SP {
+				backoff = 100 * time.Millisecond
+				last = natt.SP
+				u.mu.Lock()
+				u.sess, u.att = next, natt
+				u.mu.Unlock()
+				sess.Close()
+				u.remember(natt)
+				u.failovers.Add(1)
+				u.log.Info().Str("sp_id", natt.SP.Short()).Str("remote_addr", natt.SPAddr).Msg("attached")
+				if u.cfg.OnAttach != nil {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						u.cfg.OnAttach(ctx, natt)
+					}()
+				}
+				sess, att = next, natt
+				err = u.keep(ctx, sess, att)
+			} else if aerr == nil {
+				next.Close()
+			}
+		}
 		lost = time.Now()
 		u.mu.Lock()
 		u.sess = nil
@@ -215,6 +254,11 @@ func (u *Uplink) Run(ctx context.Context) error {
 	}
 	return nil
 }
+
+// moving is keep's answer to a Leave from the super peer.
+type moving struct{ alternates []wire.SuperPeerInfo }
+
+func (m *moving) Error() string { return "super peer asked us to move" }
 
 // keep pings the super peer until the session breaks, two pings in a row
 // go unanswered, or ctx ends.
@@ -232,6 +276,8 @@ func (u *Uplink) keep(ctx context.Context, s *client.Session, att Attachment) er
 			return ctx.Err()
 		case <-s.Conn.Done():
 			return s.Conn.Err()
+		case alts := <-u.leave:
+			return &moving{alternates: alts}
 		case <-t.C:
 			pctx, cancel := context.WithTimeout(ctx, interval)
 			_, err := s.Conn.Request(pctx, wire.TypePing, &wire.Ping{})
@@ -333,6 +379,17 @@ func (u *Uplink) handle(c *link.Conn, f *wire.Frame) {
 		}
 	case wire.TypePing:
 		c.Reply(f, &wire.Ping{}) //nolint:errcheck
+	case wire.TypeLeave:
+		var l wire.Leave
+		if err := wire.Unmarshal(f.Body, &l); err != nil {
+			c.ReplyError(f, wire.Errorf(wire.CodeBadRequest, "%v", err)) //nolint:errcheck
+			return
+		}
+		select {
+		case u.leave <- l.Alternates:
+		default: // a move is already pending
+		}
+		c.Reply(f, nil) //nolint:errcheck
 	default:
 		c.ReplyError(f, wire.Errorf(wire.CodeUnknownType, "%s not served by agents", f.Type)) //nolint:errcheck
 	}

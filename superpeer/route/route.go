@@ -8,6 +8,7 @@ package route
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -63,6 +64,7 @@ type Router struct {
 	mu       sync.RWMutex // guards attached
 	attached map[ids.PeerID]*link.Conn
 	count    atomic.Int64
+	draining atomic.Bool
 
 	wg sync.WaitGroup // lookups and dials in flight
 }
@@ -105,10 +107,13 @@ func (r *Router) Wait() { r.wg.Wait() }
 func (r *Router) Attach(_ context.Context, peer session.Peer, c *link.Conn, req *wire.Attach) (*wire.AttachResult, error) {
 	self := r.info()
 	best, alternates := r.candidates()
-	full := r.Attached() >= r.cfg.Capacity
+	full := r.Attached() >= r.cfg.Capacity || r.draining.Load()
 	switch {
 	case full && (req.NoRedirect || best == nil):
 		r.m.refused.Inc()
+		if r.draining.Load() {
+			return nil, wire.Errorf(wire.CodeUnavailable, "super peer is leaving the overlay")
+		}
 		return nil, wire.Errorf(wire.CodeUnavailable, "super peer full (%d of %d attached)", r.Attached(), r.cfg.Capacity)
 	case !req.NoRedirect && best != nil && (full || lessLoaded(best, self)):
 		r.m.redirects.Inc()
@@ -130,6 +135,35 @@ func (r *Router) Attach(_ context.Context, peer session.Peer, c *link.Conn, req 
 		Alternates:  alternates,
 		Self:        *self,
 	}, nil
+}
+
+// Drain stops admitting agents and asks every attached agent to move to
+// another super peer; it returns once none is attached or ctx ends.
+func (r *Router) Drain(ctx context.Context) error {
+	r.draining.Store(true)
+	_, alternates := r.candidates()
+	r.mu.RLock()
+	conns := make([]*link.Conn, 0, len(r.attached))
+	for _, c := range r.attached {
+		conns = append(conns, c)
+	}
+	r.mu.RUnlock()
+	body := &wire.Leave{Reason: "super peer leaving", Alternates: alternates}
+	for _, c := range conns {
+		// Fire and forget: the agent answers by reattaching elsewhere and
+		// closing this session, which is what we wait for below.
+		go c.Request(ctx, wire.TypeLeave, body) //nolint:errcheck
+	}
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for r.Attached() > 0 {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("drain: %d agents still attached: %w", r.Attached(), ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
 }
 
 // Detach forgets an agent whose session ended.

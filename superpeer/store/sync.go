@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -289,4 +290,49 @@ func (s *Store) HandleSync(from ids.PeerID, req *wire.SyncReq) (*wire.ReplicateR
 		recs = recs[:maxSyncRecords] // the next round fetches the rest
 	}
 	return &wire.ReplicateReq{Records: recs}, nil
+}
+
+// Drain hands every record this super peer holds to the replicas it will
+// have once this node is gone, and waits for their acknowledgements: the
+// graceful part of a departure. Records stay readable here until the
+// process exits.
+func (s *Store) Drain(ctx context.Context) (int, error) {
+	view := *s.view.Load()
+	var rest []ids.PeerID
+	for _, p := range view {
+		if p != s.cfg.Self {
+			rest = append(rest, p)
+		}
+	}
+	if len(rest) == 0 {
+		return 0, nil
+	}
+	out := make(map[ids.PeerID][]record.Record)
+	for _, e := range s.local.snapshot(nil, true) {
+		oldSet := Place(e.rid, view, s.cfg.Replicas)
+		for _, p := range Place(e.rid, rest, s.cfg.Replicas) {
+			if !contains(oldSet, p) {
+				out[p] = append(out[p], *e.rec)
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	sent := 0
+	for p, recs := range out {
+		sent += len(recs)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := s.pushBatches(ctx, p, recs); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	s.m.handoff.Add(float64(sent))
+	return sent, errors.Join(errs...)
 }

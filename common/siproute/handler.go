@@ -1,0 +1,110 @@
+package siproute
+
+import (
+	"github.com/emiago/sipgo/sip"
+)
+
+// handle is the sipgo handler for every request method. sipgo runs it in a
+// goroutine of its own per request and ends the server transaction when it
+// returns, so stateful forwarding happens inside it.
+func (r *Router) handle(req *sip.Request, tx sip.ServerTransaction) {
+	if !r.enter() {
+		if !req.IsAck() {
+			r.reply(req, tx, 503, "Service Unavailable")
+		}
+		return
+	}
+	defer r.handlers.Done()
+	from := r.originOf(req)
+	switch req.Method {
+	case sip.REGISTER:
+		r.handleRegister(req, tx, from)
+	case sip.ACK:
+		r.handleAck(req, from)
+	case sip.CANCEL:
+		// sipgo answers a CANCEL that matches an INVITE transaction itself
+		// (200, then 487 upstream, then our OnCancel callback); what gets
+		// here matches nothing.
+		r.reply(req, tx, 481, "Call/Transaction Does Not Exist")
+	default:
+		r.handleRequest(req, tx, from)
+	}
+}
+
+func (r *Router) handleRegister(req *sip.Request, tx sip.ServerTransaction, from origin) {
+	switch {
+	case from.tunnel():
+		r.reply(req, tx, 403, "Forbidden")
+	case hasControl(req.Recipient.String()) || req.To() == nil || hasControl(req.To().Value()):
+		r.reply(req, tx, 400, "Bad Request")
+	case r.cfg.Register == nil:
+		r.reply(req, tx, 405, "Method Not Allowed")
+	default:
+		r.cfg.Register(req, tx)
+	}
+}
+
+// handleRequest routes and forwards a request statefully. req is sipgo's
+// and shared with the transaction (its 100 Trying timer reads it), so all
+// changes go to a clone.
+func (r *Router) handleRequest(req *sip.Request, tx sip.ServerTransaction, from origin) {
+	in := req.Clone()
+	if d := checkRequest(in); d.code != 0 {
+		r.reply(req, tx, d.code, d.reason)
+		return
+	}
+	d := r.route(r.runCtx, in, from)
+	if d.code != 0 {
+		r.reply(req, tx, d.code, d.reason)
+		return
+	}
+	r.proxy(req, in, tx, from, d.targets)
+}
+
+// handleAck forwards an ACK for a 2xx statelessly: it is a request of its
+// own routed by its Route set (RFC 3261 §13.2.2.4), never a transaction.
+// An ACK for a non-2xx response matched its INVITE transaction in sipgo
+// and never gets here.
+func (r *Router) handleAck(req *sip.Request, from origin) {
+	in := req.Clone()
+	if d := checkRequest(in); d.code != 0 {
+		return
+	}
+	d := r.route(r.runCtx, in, from)
+	if d.code != 0 || len(d.targets) != 1 {
+		r.log.Debug().Str("call_id", callID(req)).Int("code", d.code).Msg("ack dropped: no route")
+		return
+	}
+	t := d.targets[0]
+	if t.uri != nil {
+		in.Recipient = *t.uri
+	}
+	if err := r.nextHop(r.runCtx, in, t); err != nil {
+		r.log.Debug().Err(err).Str("call_id", callID(req)).Msg("ack dropped")
+		return
+	}
+	if err := r.cli.WriteRequest(in, r.addVia(from)); err != nil {
+		r.log.Debug().Err(err).Str("call_id", callID(req)).Msg("ack not sent")
+		return
+	}
+	r.stats.forward(string(sip.ACK))
+}
+
+// reply answers req with a response of our own.
+func (r *Router) reply(req *sip.Request, tx sip.ServerTransaction, code int, reason string) {
+	if code >= 300 {
+		r.stats.rejected.Add(1)
+		r.log.Debug().Int("code", code).Str("method", string(req.Method)).Str("call_id", callID(req)).
+			Str("ruri", req.Recipient.String()).Msg("request rejected")
+	}
+	if err := tx.Respond(sip.NewResponseFromRequest(req, code, reason, nil)); err != nil {
+		r.log.Debug().Err(err).Int("code", code).Msg("respond failed")
+	}
+}
+
+func callID(m sip.Message) string {
+	if h := m.CallID(); h != nil {
+		return h.Value()
+	}
+	return ""
+}
