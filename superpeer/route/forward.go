@@ -32,6 +32,18 @@ func (r *Router) Tunnel(peer session.Peer, c *link.Conn, f *wire.Frame) {
 		}
 		r.m.fromAgents.Inc()
 	}
+	if f.Dst == r.cfg.Self {
+		if r.cfg.Local == nil {
+			r.fail(c, f, wire.Errorf(wire.CodeUnknownPeer, "super peer %s takes no tunnel traffic", r.cfg.Self.Short()))
+			return
+		}
+		if fromAgent {
+			f.Via = r.cfg.Self
+		}
+		r.m.delivered.Inc()
+		r.cfg.Local(f)
+		return
+	}
 	if dst := r.attachedConn(f.Dst); dst != nil {
 		if fromAgent {
 			f.Via = r.cfg.Self
@@ -204,4 +216,48 @@ func codeLabel(c wire.Code) string {
 		return "unavailable"
 	}
 	return "other"
+}
+
+// Send originates a tunnel frame at this super peer (its SIP edge) for
+// dst: one hop to an agent attached here, two through dst's super peer.
+// hint is dst's super peer when known. Errors for a destination that
+// turns out unreachable come back to Local as error frames.
+func (r *Router) Send(dst, hint ids.PeerID, txid uint64, payload []byte) error {
+	f := &wire.Frame{Header: wire.Header{
+		Type: wire.TypeTunnel, Flags: wire.FlagRouted, TxID: txid,
+		Src: r.cfg.Self, Dst: dst, Via: r.cfg.Self,
+	}, Body: payload}
+	if c := r.attachedConn(dst); c != nil {
+		f.Hops = 1
+		if err := c.Send(f); err != nil {
+			r.drop("queue_full", f)
+			return err
+		}
+		r.m.delivered.Inc()
+		return nil
+	}
+	sp := hint
+	if sp.IsZero() || sp == r.cfg.Self || !r.isMember(sp) {
+		ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
+		defer cancel()
+		var werr *wire.Error
+		if sp, werr = r.attachmentOf(ctx, dst); werr != nil {
+			return werr
+		}
+		if sp == r.cfg.Self {
+			return wire.Errorf(wire.CodeUnknownPeer, "peer %s is not attached", dst.Short())
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
+	defer cancel()
+	c, err := r.cfg.Links.Conn(ctx, sp)
+	if err != nil {
+		return wire.Errorf(wire.CodeUnknownPeer, "super peer %s unreachable: %v", sp.Short(), err)
+	}
+	f.Hops = 1
+	if err := c.Send(f); err != nil {
+		return err
+	}
+	r.m.forwarded.Inc()
+	return nil
 }

@@ -48,6 +48,9 @@ type Config struct {
 	Members func() []mesh.Member
 	Links   Links
 	Records Records
+	// Local receives tunnel frames addressed to this super peer itself (its
+	// SIP edge). It runs on a reader goroutine and must not block.
+	Local func(f *wire.Frame)
 	// MaxLookups bounds concurrent peer-record lookups for frames whose
 	// destination super peer is unknown (default 256).
 	MaxLookups int
