@@ -53,6 +53,10 @@ func (r *Router) handleRequest(req *sip.Request, tx sip.ServerTransaction, from 
 		r.reply(req, tx, d.code, d.reason)
 		return
 	}
+	if r.looped(in) {
+		r.reply(req, tx, 482, "Loop Detected")
+		return
+	}
 	d := r.route(r.runCtx, in, from)
 	if d.code != 0 {
 		r.reply(req, tx, d.code, d.reason)
@@ -88,6 +92,20 @@ func (r *Router) handleAck(req *sip.Request, from origin) {
 		return
 	}
 	r.stats.forward(string(sip.ACK))
+}
+
+// looped reports a request that already passed this node. Overlay routing
+// never legitimately spirals (a node only delivers tunnelled requests
+// locally), so our own Via mark means a loop, e.g. a phone's Route naming
+// this node by another name; without this check the loop would run until
+// Max-Forwards ran out.
+func (r *Router) looped(in *sip.Request) bool {
+	for _, h := range in.GetHeaders("Via") {
+		if v, ok := h.(*sip.ViaHeader); ok && v.Params.GetOr(viaMark, "") == r.selfHex {
+			return true
+		}
+	}
+	return false
 }
 
 // reply answers req with a response of our own.

@@ -58,7 +58,11 @@ func (r *Router) proxy(orig, in *sip.Request, tx sip.ServerTransaction, from ori
 	addRR := wantsRecordRoute(in)
 	for _, t := range targets {
 		b := &branch{t: t}
-		if err := r.startBranch(ctx, in, from, b, addRR); err != nil {
+		out := in
+		if len(targets) > 1 {
+			out = in.Clone() // in is already ours; forks need one each
+		}
+		if err := r.startBranch(ctx, out, from, b, addRR); err != nil {
 			r.log.Debug().Err(err).Str("call_id", callID(in)).Msg("branch failed to start")
 			best.synth(failureStatus(err))
 			continue
@@ -78,9 +82,23 @@ func (r *Router) proxy(orig, in *sip.Request, tx sip.ServerTransaction, from ori
 		defer tc.Stop()
 		timerC = tc.C
 	}
+	// giveUp ends branches that stay silent after CANCEL: a UAS must
+	// answer the INVITE with 487, but if it never does the branch would
+	// keep this handler forever (RFC 3261 §9.1 allows 64*T1).
+	var giveUp <-chan time.Time
+	var gu *time.Timer
+	defer func() {
+		if gu != nil {
+			gu.Stop()
+		}
+	}()
 	cancelAll := func() {
 		for _, b := range branches {
 			r.cancelBranch(b)
+		}
+		if gu == nil {
+			gu = time.NewTimer(64 * sip.T1)
+			giveUp = gu.C
 		}
 	}
 	for pending > 0 {
@@ -101,7 +119,7 @@ func (r *Router) proxy(orig, in *sip.Request, tx sip.ServerTransaction, from ori
 					tc.Reset(r.cfg.TimerC)
 				}
 				if ev.res.StatusCode > 100 && !answered {
-					r.respondUpstream(tx, ev.res)
+					r.respondUpstream(tx, ev.res, from)
 				}
 			case ev.res.IsSuccess():
 				pending--
@@ -113,7 +131,7 @@ func (r *Router) proxy(orig, in *sip.Request, tx sip.ServerTransaction, from ori
 					continue
 				}
 				answered = true
-				r.respondUpstream(tx, ev.res)
+				r.respondUpstream(tx, ev.res, from)
 				if invite {
 					cancelAll()
 				}
@@ -136,6 +154,13 @@ func (r *Router) proxy(orig, in *sip.Request, tx sip.ServerTransaction, from ori
 		case <-timerC:
 			timerC = nil
 			cancelAll()
+		case <-giveUp:
+			giveUp = nil
+			for _, b := range branches {
+				if b.final == 0 {
+					b.tx.Terminate() // its watcher reports the end
+				}
+			}
 		case <-ctx.Done():
 			for _, b := range branches {
 				if b.final == 0 {
@@ -146,13 +171,13 @@ func (r *Router) proxy(orig, in *sip.Request, tx sip.ServerTransaction, from ori
 		}
 	}
 	if !answered {
-		r.respondBest(orig, tx, &best)
+		r.respondBest(orig, tx, &best, from)
 	}
 }
 
-// startBranch builds and sends one copy of in.
-func (r *Router) startBranch(ctx context.Context, in *sip.Request, from origin, b *branch, addRR bool) error {
-	out := in.Clone()
+// startBranch completes out (the router's own copy, handed over to the
+// transaction) for its target and sends it.
+func (r *Router) startBranch(ctx context.Context, out *sip.Request, from origin, b *branch, addRR bool) error {
 	if b.t.uri != nil {
 		out.Recipient = *b.t.uri.Clone()
 	}
@@ -296,20 +321,24 @@ func newCancel(inv *sip.Request) *sip.Request {
 func keepHeaders(_ *sipgo.Client, _ *sip.Request) error { return nil }
 
 // respondUpstream relays a downstream response on the server transaction,
-// minus our Via.
-func (r *Router) respondUpstream(tx sip.ServerTransaction, res *sip.Response) {
+// minus our Via. The clone's destination was computed from our Via; a
+// response goes back where the request came from (RFC 3581 symmetric
+// response; on streams sipgo uses the request's connection anyway).
+func (r *Router) respondUpstream(tx sip.ServerTransaction, res *sip.Response, up origin) {
 	out := res.Clone()
 	out.RemoveHeader("Via")
+	out.SetTransport(up.transport)
+	out.SetDestination(up.source)
 	if err := tx.Respond(out); err != nil {
 		r.log.Debug().Err(err).Int("code", res.StatusCode).Str("call_id", callID(res)).Msg("relay response failed")
 	}
 }
 
 // respondBest answers with the best final response collected.
-func (r *Router) respondBest(orig *sip.Request, tx sip.ServerTransaction, best *bestResponse) {
+func (r *Router) respondBest(orig *sip.Request, tx sip.ServerTransaction, best *bestResponse, up origin) {
 	switch {
 	case best.res != nil && best.res.StatusCode != 503:
-		r.respondUpstream(tx, best.res)
+		r.respondUpstream(tx, best.res, up)
 	case best.res != nil:
 		// A 503 would make the caller's UA avoid this node altogether
 		// (RFC 3261 §16.7 step 6).

@@ -92,16 +92,15 @@ type Config struct {
 // Router is the SIP proxy of one overlay node: phone side on UDP/TCP,
 // overlay side on the tunnel. Create it with New, run it with Serve.
 type Router struct {
-	cfg       Config
-	log       zerolog.Logger
-	selfHex   string
-	selfShort string
-	ownUA     bool
-	ua        *sipgo.UserAgent
-	srv       *sipgo.Server
-	cli       *sipgo.Client
-	tun       *tunnel
-	stats     counters
+	cfg     Config
+	log     zerolog.Logger
+	selfHex string
+	ownUA   bool
+	ua      *sipgo.UserAgent
+	srv     *sipgo.Server
+	cli     *sipgo.Client
+	tun     *tunnel
+	stats   counters
 
 	mu sync.Mutex // guards state, runCtx and stop; handlers.Add happens under it
 	// state is 0 before Serve, 1 while serving, 2 after.
@@ -136,7 +135,7 @@ func New(cfg Config) (*Router, error) {
 		cfg.TimerC = 3 * time.Minute
 	}
 	r := &Router{
-		cfg: cfg, selfHex: cfg.Self.String(), selfShort: cfg.Self.Short(),
+		cfg: cfg, selfHex: cfg.Self.String(),
 		log: cfg.Log.With().Str("component", "siproute").Str("peer_id", cfg.Self.Short()).Logger(),
 	}
 	r.tun = newTunnel(cfg.Sender, cfg.QueueLen, &r.stats, r.log)
@@ -218,9 +217,10 @@ func (r *Router) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener
 	return err
 }
 
-// shutdown refuses new handlers, closes the sockets, cancels running
-// handlers and waits for them, then closes the UA (which ends every
-// transaction and closes sipgo's pooled connections).
+// shutdown refuses new handlers, closes the listeners, cancels running
+// handlers and waits for them, closes the UA (which ends every transaction,
+// then closes sipgo's pooled connections) and last the tunnel connections
+// sipgo never adopted.
 func (r *Router) shutdown(udp net.PacketConn, tcp net.Listener) {
 	r.mu.Lock()
 	r.state = 2
@@ -231,11 +231,40 @@ func (r *Router) shutdown(udp net.PacketConn, tcp net.Listener) {
 	if tcp != nil {
 		tcp.Close()
 	}
-	r.tun.Close()
+	r.tun.stop()
 	r.stop()
 	r.handlers.Wait()
 	if r.ownUA {
 		r.ua.Close()
+		drainPools(r.ua.TransportLayer())
+	}
+	r.tun.Close()
+}
+
+// drainPools closes connections sipgo opens after its UA was closed. sipgo
+// hands every message read to a goroutine of its own; one read just before
+// its socket closed can run after UserAgent.Close, find no pooled
+// connection for its answer and open a new socket, which nothing would
+// ever close. Such stragglers run within microseconds, so a short watch
+// catches them.
+func drainPools(tp *sip.TransportLayer) {
+	quiet := 0
+	for range 40 {
+		n := 0
+		for _, network := range []string{"udp", "tcp", "tls"} {
+			if p := tp.Pool(network); p != nil && p.Size() > 0 {
+				n += p.Size()
+				p.Clear() //nolint:errcheck // closing is all we can do
+			}
+		}
+		if n == 0 {
+			if quiet++; quiet == 4 {
+				return
+			}
+		} else {
+			quiet = 0
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -11,7 +11,7 @@ import (
 )
 
 // Via parameters we add to our own Via. p2p marks the Via as this node's
-// (value: our short Peer-ID). p2pup names the tunnel peer the request came
+// (value: our Peer-ID). p2pup names the tunnel peer the request came
 // from, so that a 2xx retransmission arriving after the transaction is gone
 // can still be sent back statelessly; for a request from a local phone the
 // Via below ours says where to.
@@ -29,7 +29,7 @@ func (r *Router) addVia(from origin) sipgo.ClientRequestOption {
 			return err
 		}
 		v := req.Via()
-		v.Params.Add(viaMark, r.selfShort)
+		v.Params.Add(viaMark, r.selfHex)
 		if from.tunnel() {
 			v.Params.Add(viaUpstream, from.peer.String())
 		}
@@ -80,7 +80,7 @@ func (r *Router) onUnhandledResponse(res *sip.Response) {
 		return
 	}
 	v, ok := vias[0].(*sip.ViaHeader)
-	if !ok || v.Params.GetOr(viaMark, "") != r.selfShort {
+	if !ok || v.Params.GetOr(viaMark, "") != r.selfHex {
 		return
 	}
 	var up origin

@@ -20,6 +20,11 @@ type Stats struct {
 	Dropped uint64
 	// TunnelErrors counts SendTunnel failures.
 	TunnelErrors uint64
+	// Resets counts virtual connections sipgo closed on its own, which it
+	// does when a payload passes our framing check but not its parser;
+	// that peer's pending transactions fail and its next message starts a
+	// new connection.
+	Resets uint64
 	// Forwarded counts requests sent downstream (statefully or, for ACK,
 	// statelessly), by method; one forked request counts once per branch.
 	Forwarded map[string]uint64
@@ -40,6 +45,7 @@ type Stats struct {
 // counters are the live values behind Stats.
 type counters struct {
 	tunnelIn, tunnelOut, dropped, tunnelErrors atomic.Uint64
+	resets                                     atomic.Uint64
 	inByHops                                   [4]atomic.Uint64
 	maxHops                                    atomic.Uint32
 	forks, branches, cancels                   atomic.Uint64
@@ -76,7 +82,8 @@ func (c *counters) snapshot() Stats {
 	s := Stats{
 		TunnelIn: c.tunnelIn.Load(), TunnelOut: c.tunnelOut.Load(),
 		MaxHops: uint8(c.maxHops.Load()), Dropped: c.dropped.Load(), TunnelErrors: c.tunnelErrors.Load(),
-		Forks: c.forks.Load(), Branches: c.branches.Load(), Cancels: c.cancels.Load(),
+		Resets: c.resets.Load(),
+		Forks:  c.forks.Load(), Branches: c.branches.Load(), Cancels: c.cancels.Load(),
 		StatelessResponses: c.stateless.Load(), Rejected: c.rejected.Load(),
 		Forwarded: make(map[string]uint64),
 	}

@@ -78,23 +78,37 @@ func (t *tunnel) Accept() (net.Conn, error) {
 // Via; it must be a valid ip:port.
 func (t *tunnel) Addr() net.Addr { return t.addr }
 
-// Close stops Accept and closes every virtual connection; sipgo's readers
-// see io.EOF and drop them from its pool.
-func (t *tunnel) Close() error {
+// stop ends Accept and refuses new connections; existing ones stay open
+// so that transactions can end cleanly.
+func (t *tunnel) stop() {
 	t.closeOnce.Do(func() {
 		t.mu.Lock()
 		t.serving = false
-		conns := make([]*vconn, 0, len(t.conns))
-		for _, c := range t.conns {
-			conns = append(conns, c)
-		}
 		t.mu.Unlock()
 		close(t.closed)
-		for _, c := range conns {
-			c.Close()
-		}
 	})
+}
+
+// Close stops Accept and closes every virtual connection; sipgo's readers
+// see io.EOF and drop them from its pool.
+func (t *tunnel) Close() error {
+	t.stop()
+	t.mu.Lock()
+	conns := make([]*vconn, 0, len(t.conns))
+	for _, c := range t.conns {
+		conns = append(conns, c)
+	}
+	t.mu.Unlock()
+	for _, c := range conns {
+		c.close(true)
+	}
 	return nil
+}
+
+func (t *tunnel) isServing() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.serving
 }
 
 func (t *tunnel) start() {
@@ -234,7 +248,7 @@ func (t *tunnel) gone(peer ids.PeerID) bool {
 	if c == nil {
 		return false
 	}
-	c.Close()
+	c.close(true)
 	return true
 }
 

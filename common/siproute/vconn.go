@@ -119,9 +119,16 @@ func (c *vconn) Write(b []byte) (int, error) {
 
 // Close is idempotent; it wakes a blocked Read and removes the connection
 // from the tunnel so that the next message to or from the peer gets a new
-// one.
-func (c *vconn) Close() error {
+// one. sipgo calls it when it gives up on the connection (a payload it
+// could not parse); that is counted as a reset.
+func (c *vconn) Close() error { return c.close(false) }
+
+func (c *vconn) close(ours bool) error {
 	c.closeOnce.Do(func() {
+		if !ours && c.t.isServing() {
+			c.t.stats.resets.Add(1)
+			c.t.log.Warn().Str("peer", c.peer.Short()).Msg("tunnel connection reset by sipgo")
+		}
 		close(c.done)
 		c.t.forget(c)
 		c.mu.Lock()

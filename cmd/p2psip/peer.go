@@ -1,0 +1,106 @@
+package main
+
+import (
+	"crypto/x509"
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v2/altsrc"
+
+	"github.com/p2psip/p2psip/common/auth"
+	"github.com/p2psip/p2psip/common/logx"
+	"github.com/p2psip/p2psip/ordinarypeer/agent"
+)
+
+// peerFlags are the flags of `p2psip peer` (ARCHITECTURE.md §11), each also
+// settable from the environment and the config file.
+func peerFlags() []cli.Flag {
+	return []cli.Flag{
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "overlay", Value: "p2psip.test", EnvVars: env("overlay"),
+			Usage: "overlay `NAME`, a domain; the phone registers sip:USER@NAME"}),
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "bootstrap", Value: cli.NewStringSlice("127.0.0.1:6084"), EnvVars: env("bootstrap"),
+			Usage: "super peers' peer-protocol addresses `HOST:PORT`, comma separated"}),
+		altsrc.NewPathFlag(&cli.PathFlag{Name: "credentials-file", EnvVars: env("credentials-file"),
+			Usage: "credentials `FILE` from `p2psip credentials issue -o`"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "sip-listen", Value: "127.0.0.1:5060", EnvVars: env("sip-listen"),
+			Usage: "local SIP `ADDR` (UDP and TCP) for the phone: its registrar and outbound proxy"}),
+		altsrc.NewPathFlag(&cli.PathFlag{Name: "data-dir", Value: "./p2psip-agent", EnvVars: env("data-dir"),
+			Usage: "`DIR` for the identity key and the remembered super peers"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "role", Value: "ordinary", EnvVars: env("role"),
+			Usage: "`ordinary`, or auto (become a super peer if found reachable)"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "admin", Value: "127.0.0.1:6086", EnvVars: env("admin"),
+			Usage: "status HTTP `ADDR` (/healthz, /readyz, /v1/status); \"off\" disables it"}),
+		altsrc.NewPathFlag(&cli.PathFlag{Name: "ca-file", EnvVars: env("ca-file"),
+			Usage: "overlay CA `FILE` (a super peer's DATA-DIR/ca.pem) to verify super peers"}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "insecure", EnvVars: env("insecure"),
+			Usage: "do not verify super peers' certificates (development only)"}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "keepalive", EnvVars: env("keepalive"),
+			Usage: "Ping `INTERVAL` to the super peer (default: what the super peer asks, 25s)"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "json", EnvVars: env("log-format"),
+			Usage: "`json` or console"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("log-level"),
+			Usage: "`LEVEL`: trace, debug, info, warn or error"}),
+	}
+}
+
+func peerCommand() *cli.Command {
+	flags := peerFlags()
+	return &cli.Command{
+		Name:  "peer",
+		Usage: "run the ordinary-peer agent next to a SIP phone",
+		Description: "Point the phone's registrar and outbound proxy at --sip-listen and register\n" +
+			"sip:USER@OVERLAY with any password (the agent authenticates to the overlay with\n" +
+			"--credentials-file). Every flag can also be given as P2PSIP_<FLAG> or in --config.",
+		Flags:  append(flags, configFlag()),
+		Before: loadConfig(flags),
+		Action: runPeer,
+	}
+}
+
+func runPeer(c *cli.Context) error {
+	if c.Args().Present() {
+		return fmt.Errorf("peer takes no arguments, got %q", c.Args().Slice())
+	}
+	log, err := logx.New(logx.Options{Format: c.String("log-format"), Level: c.String("log-level")})
+	if err != nil {
+		return err
+	}
+	if c.Path("credentials-file") == "" {
+		return fmt.Errorf("--credentials-file is required (issue one with `p2psip credentials issue -o FILE`)")
+	}
+	creds, err := auth.LoadCredentials(c.Path("credentials-file"))
+	if err != nil {
+		return err
+	}
+	var roots *x509.CertPool
+	switch {
+	case c.Path("ca-file") != "":
+		if roots, err = auth.LoadCAFile(c.Path("ca-file")); err != nil {
+			return err
+		}
+	case c.Bool("insecure"):
+		log.Warn().Msg("--insecure: super peers' certificates are NOT verified; use --ca-file outside development")
+	default:
+		return fmt.Errorf("pass --ca-file DATA-DIR/ca.pem of a super peer (or --insecure for development)")
+	}
+	admin := c.String("admin")
+	if admin == "off" {
+		admin = ""
+	}
+	a, err := agent.New(agent.Config{
+		Overlay:     c.String("overlay"),
+		Bootstrap:   c.StringSlice("bootstrap"),
+		Credentials: creds,
+		DataDir:     c.Path("data-dir"),
+		SIPListen:   c.String("sip-listen"),
+		Roots:       roots,
+		Insecure:    c.Bool("insecure"),
+		Keepalive:   c.Duration("keepalive"),
+		Role:        c.String("role"),
+		Admin:       admin,
+	}, log)
+	if err != nil {
+		return err
+	}
+	return a.Run(c.Context)
+}

@@ -1,0 +1,316 @@
+// Package agent is the ordinary-peer agent's composition root
+// (ARCHITECTURE.md §5–6): the uplink to a super peer, the registrar and
+// SIP router for the endpoint's phone(s), and the glue between them
+// (tunnel frames in and out, records re-stored after every failover).
+// Logic lives in the subpackages.
+package agent
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/p2psip/p2psip/common/auth"
+	"github.com/p2psip/p2psip/common/ids"
+	"github.com/p2psip/p2psip/common/record"
+	"github.com/p2psip/p2psip/common/siproute"
+	"github.com/p2psip/p2psip/common/wire"
+	"github.com/p2psip/p2psip/ordinarypeer/localsip"
+	"github.com/p2psip/p2psip/ordinarypeer/uplink"
+)
+
+// Files in the data directory.
+const (
+	IdentityFile = "identity.pem"
+	CacheFile    = "superpeers.json"
+)
+
+// peerRecordTTL is how long a peer record lives; it is refreshed at half.
+const peerRecordTTL = time.Hour
+
+// Config is everything an agent needs; cmd/p2psip fills it.
+type Config struct {
+	Overlay     string
+	Bootstrap   []string
+	Credentials auth.Credentials
+	// DataDir keeps the identity key and the super-peer cache.
+	DataDir string
+	// SIPListen is the local SIP address for the phone (UDP and TCP;
+	// default 127.0.0.1:5060).
+	SIPListen string
+	// SIPUDP and SIPTCP, if set, are used instead of binding SIPListen.
+	SIPUDP net.PacketConn
+	SIPTCP net.Listener
+	// Roots verify super peers; nil with Insecure set skips verification.
+	Roots    *x509.CertPool
+	Insecure bool
+	// Keepalive overrides the super peer's Ping interval (0: its choice).
+	Keepalive time.Duration
+	// Role is "ordinary" or "auto" (promotable).
+	Role string
+	// Admin serves /healthz and /v1/status ("" : off).
+	Admin         string
+	AdminListener net.Listener
+}
+
+// Agent is one ordinary peer.
+type Agent struct {
+	cfg    Config
+	log    zerolog.Logger
+	self   ids.PeerID
+	up     *uplink.Uplink
+	reg    *localsip.Registrar
+	router *siproute.Router
+	udp    net.PacketConn
+	tcp    net.Listener
+	user   string
+}
+
+// New builds the agent and binds its local SIP sockets (so the router's
+// Record-Route address is known); Run connects and serves.
+func New(cfg Config, log zerolog.Logger) (*Agent, error) {
+	if cfg.Overlay == "" {
+		return nil, errors.New("agent: overlay name required")
+	}
+	if cfg.Roots == nil && !cfg.Insecure {
+		return nil, errors.New("agent: a CA file is required to verify super peers (or insecure mode for development)")
+	}
+	if cfg.Credentials.Username == "" {
+		return nil, errors.New("agent: credentials required")
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = "p2psip-agent"
+	}
+	if cfg.SIPListen == "" {
+		cfg.SIPListen = "127.0.0.1:5060"
+	}
+	switch cfg.Role {
+	case "", "ordinary", "auto":
+	default:
+		return nil, fmt.Errorf("agent: role %q: want ordinary or auto", cfg.Role)
+	}
+	_, user, err := auth.ParseUsername(cfg.Credentials.Username)
+	if err != nil {
+		return nil, fmt.Errorf("agent: credentials: %w", err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("agent: data dir: %w", err)
+	}
+	key, err := auth.LoadOrCreateIdentity(filepath.Join(cfg.DataDir, IdentityFile))
+	if err != nil {
+		return nil, fmt.Errorf("agent: identity: %w", err)
+	}
+	self := ids.PeerIDFromKey(key.Public().(ed25519.PublicKey))
+	a := &Agent{cfg: cfg, self: self, user: user,
+		log: log.With().Str("peer_id", self.Short()).Str("role", "agent").Logger()}
+	a.up, err = uplink.New(uplink.Config{
+		Overlay: cfg.Overlay, Bootstrap: cfg.Bootstrap, Credentials: cfg.Credentials, Key: key,
+		Roots: cfg.Roots, CacheFile: filepath.Join(cfg.DataDir, CacheFile), Keepalive: cfg.Keepalive,
+		Promotable: cfg.Role == "auto", Tunnel: a.tunnel, OnAttach: a.attached,
+	}, a.log)
+	if err != nil {
+		return nil, err
+	}
+	if a.udp, a.tcp, err = a.listen(); err != nil {
+		return nil, err
+	}
+	host, portStr, _ := net.SplitHostPort(tcpOrUDPAddr(a.udp, a.tcp))
+	port, _ := strconv.Atoi(portStr)
+	a.reg, err = localsip.New(localsip.Config{
+		Self: a.self, User: a.user, Overlay: cfg.Overlay, Store: store{a}, Attachment: a.attachment,
+		Log: a.log,
+	})
+	if err == nil {
+		a.router, err = siproute.New(siproute.Config{
+			Self: a.self, Overlay: cfg.Overlay, UserAgent: "p2psip-agent",
+			Locator: locator{a}, Sender: a.up, Local: a.reg,
+			RecordRouteHost: host, RecordRoutePort: port, Register: a.reg.HandleRegister, Log: a.log,
+		})
+	}
+	if err != nil {
+		a.closeSockets()
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *Agent) closeSockets() {
+	if a.udp != nil {
+		a.udp.Close()
+	}
+	if a.tcp != nil {
+		a.tcp.Close()
+	}
+}
+
+// SIPAddr is the local SIP address phones register at.
+func (a *Agent) SIPAddr() string { return tcpOrUDPAddr(a.udp, a.tcp) }
+
+// ID is the agent's Peer-ID.
+func (a *Agent) ID() ids.PeerID { return a.self }
+
+// Uplink exposes the connection (tests, status).
+func (a *Agent) Uplink() *uplink.Uplink { return a.up }
+
+// Router exposes SIP routing statistics (tests, status).
+func (a *Agent) Router() *siproute.Router { return a.router }
+
+// Registrar exposes the phone bindings (tests, status).
+func (a *Agent) Registrar() *localsip.Registrar { return a.reg }
+
+// Run serves until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.up.Run(ctx) })
+	g.Go(func() error { return a.reg.Run(ctx) })
+	g.Go(func() error { return a.router.Serve(ctx, a.udp, a.tcp) })
+	g.Go(func() error { return a.refreshPeerRecord(ctx) })
+	if a.cfg.Admin != "" || a.cfg.AdminListener != nil {
+		g.Go(func() error { return a.serveAdmin(ctx) })
+	}
+	a.log.Info().Str("sip", a.SIPAddr()).Str("user", a.user).Strs("bootstrap", a.cfg.Bootstrap).Msg("agent starting")
+	return g.Wait()
+}
+
+func (a *Agent) listen() (net.PacketConn, net.Listener, error) {
+	udp, tcp := a.cfg.SIPUDP, a.cfg.SIPTCP
+	if udp == nil && tcp == nil {
+		var err error
+		if udp, err = net.ListenPacket("udp", a.cfg.SIPListen); err != nil {
+			return nil, nil, fmt.Errorf("agent: sip udp: %w", err)
+		}
+		if tcp, err = net.Listen("tcp", udp.LocalAddr().String()); err != nil {
+			udp.Close()
+			return nil, nil, fmt.Errorf("agent: sip tcp: %w", err)
+		}
+	}
+	if uc, ok := udp.(*net.UDPConn); ok {
+		// The default 208 KB buffer drops bursts (notes/TESTING.md).
+		uc.SetReadBuffer(4 << 20)  //nolint:errcheck // best effort
+		uc.SetWriteBuffer(4 << 20) //nolint:errcheck
+	}
+	return udp, tcp, nil
+}
+
+func tcpOrUDPAddr(udp net.PacketConn, tcp net.Listener) string {
+	if udp != nil {
+		return udp.LocalAddr().String()
+	}
+	return tcp.Addr().String()
+}
+
+// tunnel feeds inbound tunnel frames to the SIP router. Error frames mean
+// the destination could not be reached: its virtual connection is closed
+// so pending transactions fail fast instead of timing out.
+func (a *Agent) tunnel(f *wire.Frame) {
+	if f.Flags&wire.FlagError != 0 {
+		var e wire.Error
+		wire.Unmarshal(f.Body, &e) //nolint:errcheck // the reason is only logged
+		a.log.Info().Str("peer_id", f.Src.Short()).Str("reason", e.Reason).Msg("tunnel destination unreachable")
+		a.router.PeerGone(f.Src)
+		return
+	}
+	a.router.Deliver(f.Src, f.Via, f.Hops, f.Body)
+}
+
+func (a *Agent) attachment() localsip.Attachment {
+	att, _ := a.up.Attachment()
+	return localsip.Attachment{SP: att.SP, SPAddr: att.SPAddr}
+}
+
+// attached re-stores the peer record and every phone contact with the new
+// attachment, so routing to this agent works at once after a failover.
+func (a *Agent) attached(ctx context.Context, att uplink.Attachment) {
+	if err := a.storePeerRecord(ctx); err != nil {
+		a.log.Warn().Err(err).Msg("store peer record")
+	}
+	if err := a.reg.Restore(ctx); err != nil {
+		a.log.Warn().Err(err).Msg("re-store contacts")
+	}
+	if att.Reattach > 0 {
+		a.log.Info().Dur("reattach", att.Reattach).Str("sp_id", att.SP.Short()).Msg("failover done")
+	}
+}
+
+func (a *Agent) storePeerRecord(ctx context.Context) error {
+	att, ok := a.up.Attachment()
+	if !ok {
+		return uplink.ErrNotAttached
+	}
+	s, err := a.up.Session(ctx)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	rec := &record.Record{Kind: record.KindPeer, Name: a.self.String(), Entries: []record.Entry{{
+		Key: record.PeerKey, Version: uint64(now.UnixNano()), Expires: now.Add(peerRecordTTL).Unix(),
+		Peer: &record.PeerInfo{PeerID: a.self, SP: att.SP, SPAddr: att.SPAddr},
+	}}}
+	_, err = s.Put(ctx, rec)
+	return err
+}
+
+func (a *Agent) refreshPeerRecord(ctx context.Context) error {
+	t := time.NewTicker(peerRecordTTL / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := a.storePeerRecord(ctx); err != nil {
+				a.log.Warn().Err(err).Msg("refresh peer record")
+			}
+		}
+	}
+}
+
+// store adapts the uplink session to the registrar's Store.
+type store struct{ a *Agent }
+
+func (s store) Put(ctx context.Context, rec *record.Record) error {
+	sess, err := s.a.up.Session(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = sess.Put(ctx, rec)
+	return err
+}
+
+func (s store) Get(ctx context.Context, aor string) (*record.Record, error) {
+	sess, err := s.a.up.Session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return sess.Get(ctx, record.KindLocation, aor)
+}
+
+// locator adapts the uplink session to the router's Locator.
+type locator struct{ a *Agent }
+
+func (l locator) Lookup(ctx context.Context, aor string) ([]record.Contact, error) {
+	rec, err := store(l).Get(ctx, aor)
+	if err != nil {
+		if wire.CodeOf(err) == wire.CodeNotFound {
+			return nil, fmt.Errorf("%s: %w", aor, siproute.ErrNotFound)
+		}
+		return nil, err
+	}
+	var out []record.Contact
+	for _, e := range rec.Entries {
+		if !e.Removed && e.Contact != nil {
+			out = append(out, *e.Contact)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,442 @@
+package localsip
+
+import (
+	"context"
+	"errors"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/p2psip/p2psip/common/ids"
+	"github.com/p2psip/p2psip/common/record"
+)
+
+// regError is a REGISTER refused with a status (and maybe extra headers).
+type regError struct {
+	code   int
+	reason string
+	hdrs   []sip.Header
+}
+
+func (e *regError) Error() string { return strconv.Itoa(e.code) + " " + e.reason }
+
+func refuse(code int, reason string, hdrs ...sip.Header) *regError {
+	return &regError{code: code, reason: reason, hdrs: hdrs}
+}
+
+// update is one contact of a REGISTER, parsed and checked.
+type update struct {
+	b       binding       // the binding as it will be (expires zero: removal)
+	exp     time.Duration // 0 removes
+	prev    *binding      // current local binding for the key, if any
+	removed *record.Entry // for a removal without local binding: the stored entry
+}
+
+// HandleRegister is the REGISTER handler (siproute.Config.Register),
+// following RFC 3261 §10.3: the AoR must be sip:User@Overlay (else 403); a
+// REGISTER without Contact is a query; "*" with Expires: 0 removes every
+// binding this agent holds for the AoR; each contact's expiry is its
+// expires parameter, else the Expires header, else DefaultExpires, and must
+// be 0 or at least MinExpires (else 423), clamped to MaxExpires; a Call-ID
+// already bound with a CSeq not lower than the request's is refused (500).
+// The result is written to the overlay (503 with Retry-After when that
+// fails) and the 200 lists every live contact of the AoR.
+func (g *Registrar) HandleRegister(req *sip.Request, tx sip.ServerTransaction) {
+	g.write.Lock()
+	defer g.write.Unlock()
+	res, err := g.register(req)
+	if err != nil {
+		var re *regError
+		if !errors.As(err, &re) {
+			re = refuse(500, "Server Internal Error")
+		}
+		g.log.Info().Int("code", re.code).Str("reason", re.reason).Str("call_id", callID(req)).Msg("register refused")
+		res = sip.NewResponseFromRequest(req, re.code, re.reason, nil)
+		for _, h := range re.hdrs {
+			res.AppendHeader(h)
+		}
+	}
+	if err := tx.Respond(res); err != nil {
+		g.log.Debug().Err(err).Msg("register response not sent")
+	}
+}
+
+// register does the work; g.write is held.
+func (g *Registrar) register(req *sip.Request) (*sip.Response, error) {
+	now := g.cfg.Now()
+	if err := g.checkAOR(req); err != nil {
+		return nil, err
+	}
+	cid, cseq := req.CallID(), req.CSeq()
+	if cid == nil || cseq == nil || cseq.MethodName != sip.REGISTER {
+		return nil, refuse(400, "Missing Call-ID or CSeq")
+	}
+	contacts, wildcard, err := contactsOf(req)
+	if err != nil {
+		return nil, err
+	}
+	hdrExp, hasHdrExp, err := expiresHeader(req)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.StoreTimeout)
+	defer cancel()
+	var ups []update
+	switch {
+	case wildcard:
+		if len(contacts) != 1 || !hasHdrExp || hdrExp != 0 {
+			return nil, refuse(400, "Wildcard Contact Needs Expires: 0 Alone")
+		}
+		ups, err = g.removeAll(ctx, cid.Value(), cseq.SeqNo)
+	case len(contacts) > 0:
+		ups, err = g.updates(ctx, req, contacts, hdrExp, hasHdrExp, now)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(ups) > 0 {
+		if err := g.apply(ctx, ups, now); err != nil {
+			return nil, err
+		}
+	}
+	return g.ok(ctx, req, now), nil
+}
+
+// checkAOR: the To URI must be this agent's user in the overlay.
+func (g *Registrar) checkAOR(req *sip.Request) error {
+	to := req.To()
+	if to == nil {
+		return refuse(400, "Missing To")
+	}
+	if hasControl(to.Value()) || hasControl(req.Recipient.String()) {
+		return refuse(400, "Bad Request")
+	}
+	if to.Address.Scheme != "sip" && to.Address.Scheme != "sips" && to.Address.Scheme != "" {
+		return refuse(400, "Not a SIP AoR")
+	}
+	aor, err := ids.NormalizeAOR("sip:" + to.Address.User + "@" + to.Address.Host)
+	if err != nil {
+		return refuse(400, "Bad AoR")
+	}
+	if aor != g.aor {
+		return refuse(403, "Forbidden")
+	}
+	return nil
+}
+
+// contactsOf returns the Contact values; wildcard reports a "*" among them.
+func contactsOf(req *sip.Request) ([]*sip.ContactHeader, bool, error) {
+	var out []*sip.ContactHeader
+	wildcard := false
+	for _, h := range req.GetHeaders("Contact") {
+		c, ok := h.(*sip.ContactHeader)
+		if !ok {
+			return nil, false, refuse(400, "Bad Contact")
+		}
+		wildcard = wildcard || c.Address.Wildcard
+		out = append(out, c)
+	}
+	return out, wildcard, nil
+}
+
+// expiresHeader parses the Expires header (delta-seconds).
+func expiresHeader(req *sip.Request) (time.Duration, bool, error) {
+	h := req.GetHeader("Expires")
+	if h == nil {
+		return 0, false, nil
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(h.Value()), 10, 32)
+	if err != nil {
+		return 0, false, refuse(400, "Bad Expires")
+	}
+	return time.Duration(n) * time.Second, true, nil
+}
+
+// updates turns the Contact list into binding updates, refusing the whole
+// request on the first bad contact (nothing is written then).
+func (g *Registrar) updates(ctx context.Context, req *sip.Request, contacts []*sip.ContactHeader,
+	hdrExp time.Duration, hasHdrExp bool, now time.Time) ([]update, error) {
+	callID, cseq := req.CallID().Value(), req.CSeq().SeqNo
+	var stored *record.Record // fetched at most once, for removals we hold no binding for
+	ups := make([]update, 0, len(contacts))
+	added := 0
+	for _, c := range contacts {
+		u, err := g.parseContact(c, hdrExp, hasHdrExp)
+		if err != nil {
+			return nil, err
+		}
+		u.b.callID, u.b.cseq = callID, cseq
+		u.b.transport, u.b.source = req.Transport(), req.Source()
+		u.prev = g.current(u.b.key, now)
+		if p := u.prev; p != nil && p.callID == callID && cseq <= p.cseq {
+			return nil, refuse(500, "Out of Order CSeq")
+		}
+		if u.exp > 0 {
+			u.b.expires = now.Add(u.exp)
+			if u.prev == nil {
+				added++
+			}
+		} else if u.prev == nil {
+			if stored == nil {
+				stored = g.fetch(ctx)
+			}
+			if e := findLive(stored, u.b.key, now); e != nil {
+				u.removed = e
+			} else {
+				continue // nothing bound: nothing to remove
+			}
+		}
+		ups = append(ups, u)
+	}
+	if g.count(now)+added > g.cfg.MaxBindings {
+		return nil, refuse(403, "Too Many Bindings")
+	}
+	return ups, nil
+}
+
+// parseContact reads one Contact value.
+func (g *Registrar) parseContact(c *sip.ContactHeader, hdrExp time.Duration, hasHdrExp bool) (update, error) {
+	var u update
+	uri := c.Address.String()
+	if hasControl(uri) || len(uri) > record.MaxURILen {
+		return u, refuse(400, "Bad Contact URI")
+	}
+	m, hp, ok := matchKeys(uri)
+	if !ok {
+		return u, refuse(400, "Bad Contact URI")
+	}
+	u.b.uri, u.b.match, u.b.hostport = uri, m, hp
+	switch v, ok := c.Params.Get("expires"); {
+	case ok:
+		n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+		if err != nil {
+			return u, refuse(400, "Bad Contact Expires")
+		}
+		u.exp = time.Duration(n) * time.Second
+	case hasHdrExp:
+		u.exp = hdrExp
+	default:
+		u.exp = g.cfg.DefaultExpires
+	}
+	if u.exp > 0 && u.exp < g.cfg.MinExpires {
+		return u, refuse(423, "Interval Too Brief",
+			sip.NewHeader("Min-Expires", strconv.Itoa(int(g.cfg.MinExpires/time.Second))))
+	}
+	u.exp = min(u.exp, g.cfg.MaxExpires)
+	if v, ok := c.Params.Get("+sip.instance"); ok {
+		u.b.instance = strings.Trim(v, `"`)
+		if hasControl(u.b.instance) || len(u.b.instance) > record.MaxFieldLen || u.b.instance == "" {
+			return u, refuse(400, "Bad +sip.instance")
+		}
+	}
+	if v, ok := c.Params.Get("reg-id"); ok {
+		n, err := strconv.ParseUint(v, 10, 32)
+		if err != nil {
+			return u, refuse(400, "Bad reg-id")
+		}
+		u.b.regID = uint32(n)
+	}
+	u.b.q = 1000
+	if v, ok := c.Params.Get("q"); ok {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f < 0 || f > 1 {
+			return u, refuse(400, "Bad q")
+		}
+		u.b.q = uint16(math.Round(f * 1000))
+	}
+	u.b.key = u.b.uri
+	if u.b.instance != "" {
+		u.b.key = u.b.instance
+	}
+	return u, nil
+}
+
+// removeAll handles "Contact: *": every binding this agent holds for the
+// AoR, including ones stored by an earlier run of it that the table no
+// longer knows. Bindings of the same user at other agents are theirs.
+func (g *Registrar) removeAll(ctx context.Context, callID string, cseq uint32) ([]update, error) {
+	now := g.cfg.Now()
+	var ups []update
+	held := make(map[string]bool)
+	g.mu.Lock()
+	for _, b := range g.bindings {
+		if !b.expires.After(now) {
+			continue
+		}
+		if b.callID == callID && cseq <= b.cseq {
+			g.mu.Unlock()
+			return nil, refuse(500, "Out of Order CSeq")
+		}
+		held[b.key] = true
+		ups = append(ups, update{b: binding{key: b.key, uri: b.uri, callID: callID, cseq: cseq}, prev: b})
+	}
+	g.mu.Unlock()
+	if rec := g.fetch(ctx); rec != nil {
+		for i := range rec.Entries {
+			e := &rec.Entries[i]
+			if e.Removed || e.Contact == nil || e.Contact.PeerID != g.cfg.Self || held[e.Key] || e.Expires <= now.Unix() {
+				continue
+			}
+			ups = append(ups, update{b: binding{key: e.Key, uri: e.Contact.URI, callID: callID, cseq: cseq}, removed: e})
+		}
+	}
+	return ups, nil
+}
+
+// apply writes the updates to the overlay, then to the table.
+func (g *Registrar) apply(ctx context.Context, ups []update, now time.Time) error {
+	att := g.cfg.Attachment()
+	rec := &record.Record{Kind: record.KindLocation, Name: g.aor}
+	for i := range ups {
+		u := &ups[i]
+		var prev *record.Entry
+		switch {
+		case u.prev != nil:
+			prev = &record.Entry{Version: u.prev.version}
+		case u.removed != nil:
+			prev = u.removed
+		}
+		u.b.version = record.NextVersion(prev, now)
+		if u.exp > 0 {
+			rec.Entries = append(rec.Entries, g.entry(&u.b, att))
+			continue
+		}
+		// A tombstone must outlive the registration it removes, so that a
+		// late copy of it cannot come back (record.Entry.Removed).
+		exp := now.Unix() + 1
+		if u.prev != nil {
+			exp = max(exp, u.prev.expires.Unix())
+		}
+		if u.removed != nil {
+			exp = max(exp, u.removed.Expires)
+		}
+		rec.Entries = append(rec.Entries, record.Entry{
+			Key: u.b.key, CallID: u.b.callID, CSeq: u.b.cseq, Version: u.b.version,
+			Expires: exp, Removed: true, Writer: g.cfg.User,
+		})
+	}
+	if err := g.cfg.Store.Put(ctx, rec); err != nil {
+		g.log.Warn().Err(err).Msg("location store failed")
+		return refuse(503, "Service Unavailable",
+			sip.NewHeader("Retry-After", strconv.Itoa(int(g.cfg.RetryAfter/time.Second))))
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for i := range ups {
+		u := &ups[i]
+		if u.exp > 0 {
+			b := u.b
+			g.bindings[b.key] = &b
+			if u.prev == nil {
+				g.log.Info().Str("contact", b.uri).Str("flow", b.transport+" "+b.source).Dur("expires", u.exp).Msg("binding added")
+			}
+			continue
+		}
+		if _, ok := g.bindings[u.b.key]; ok {
+			delete(g.bindings, u.b.key)
+			g.log.Info().Str("contact", u.b.uri).Msg("binding removed")
+		}
+	}
+	return nil
+}
+
+// ok builds the 200: every live contact of the AoR as the overlay has it
+// after the write (other agents' too), or this agent's when the read fails.
+func (g *Registrar) ok(ctx context.Context, req *sip.Request, now time.Time) *sip.Response {
+	res := sip.NewResponseFromRequest(req, 200, "OK", nil)
+	type contact struct {
+		uri string
+		exp int64
+	}
+	var list []contact
+	if rec := g.fetch(ctx); rec != nil {
+		for _, e := range rec.Live(now).Entries {
+			if e.Contact != nil {
+				list = append(list, contact{e.Contact.URI, e.Expires - now.Unix()})
+			}
+		}
+	} else {
+		g.mu.Lock()
+		for _, b := range g.bindings {
+			if b.expires.After(now) {
+				list = append(list, contact{b.uri, int64(b.expires.Sub(now) / time.Second)})
+			}
+		}
+		g.mu.Unlock()
+	}
+	for _, c := range list {
+		h := &sip.ContactHeader{Params: sip.NewParams()}
+		if err := sip.ParseUri(c.uri, &h.Address); err != nil {
+			continue
+		}
+		h.Params.Add("expires", strconv.FormatInt(max(c.exp, 0), 10))
+		res.AppendHeader(h)
+	}
+	res.AppendHeader(sip.NewHeader("Date", now.UTC().Format(http.TimeFormat)))
+	return res
+}
+
+// fetch reads the AoR's record; nil when it cannot (logged).
+func (g *Registrar) fetch(ctx context.Context) *record.Record {
+	rec, err := g.cfg.Store.Get(ctx, g.aor)
+	if err != nil {
+		g.log.Debug().Err(err).Msg("location read failed")
+		return nil
+	}
+	return rec
+}
+
+func findLive(rec *record.Record, key string, now time.Time) *record.Entry {
+	if rec == nil {
+		return nil
+	}
+	for i := range rec.Entries {
+		if e := &rec.Entries[i]; e.Key == key && !e.Removed && e.Expires > now.Unix() {
+			return e
+		}
+	}
+	return nil
+}
+
+// current returns the live binding for key.
+func (g *Registrar) current(key string, now time.Time) *binding {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if b := g.bindings[key]; b != nil && b.expires.After(now) {
+		c := *b
+		return &c
+	}
+	return nil
+}
+
+func (g *Registrar) count(now time.Time) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := 0
+	for _, b := range g.bindings {
+		if b.expires.After(now) {
+			n++
+		}
+	}
+	return n
+}
+
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < 0x20 && c != '\t') || c == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+func callID(req *sip.Request) string {
+	if h := req.CallID(); h != nil {
+		return h.Value()
+	}
+	return ""
+}
