@@ -1,6 +1,9 @@
 package siproute
 
 import (
+	"strconv"
+	"time"
+
 	"github.com/emiago/sipgo/sip"
 )
 
@@ -15,6 +18,21 @@ func (r *Router) handle(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	defer r.handlers.Done()
+	if r.cfg.MaxInFlight > 0 && !req.IsAck() && req.Method != sip.CANCEL {
+		// Past the limit, refuse at once with Retry-After rather than
+		// slowing every call down (ARCHITECTURE.md §8).
+		n := r.inflight.Add(1)
+		defer r.inflight.Add(-1)
+		if n > int64(r.cfg.MaxInFlight) {
+			r.stats.overload.Add(1)
+			res := sip.NewResponseFromRequest(req, 503, "Service Unavailable", nil)
+			res.AppendHeader(sip.NewHeader("Retry-After", strconv.Itoa(int(max(r.cfg.RetryAfter, time.Second)/time.Second))))
+			if err := tx.Respond(res); err != nil {
+				r.log.Debug().Err(err).Msg("respond failed")
+			}
+			return
+		}
+	}
 	from := r.originOf(req)
 	switch req.Method {
 	case sip.REGISTER:

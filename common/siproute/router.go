@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -86,21 +87,28 @@ type Config struct {
 	// step 11) before it is cancelled; 0 means 3 minutes.
 	TimerC time.Duration
 
+	// MaxInFlight bounds requests being handled at once; past it new
+	// requests get 503 with Retry-After (0: no limit).
+	MaxInFlight int
+	// RetryAfter is the Retry-After of those 503s; 0 means 1s.
+	RetryAfter time.Duration
+
 	Log zerolog.Logger
 }
 
 // Router is the SIP proxy of one overlay node: phone side on UDP/TCP,
 // overlay side on the tunnel. Create it with New, run it with Serve.
 type Router struct {
-	cfg     Config
-	log     zerolog.Logger
-	selfHex string
-	ownUA   bool
-	ua      *sipgo.UserAgent
-	srv     *sipgo.Server
-	cli     *sipgo.Client
-	tun     *tunnel
-	stats   counters
+	cfg      Config
+	log      zerolog.Logger
+	selfHex  string
+	ownUA    bool
+	ua       *sipgo.UserAgent
+	srv      *sipgo.Server
+	cli      *sipgo.Client
+	tun      *tunnel
+	stats    counters
+	inflight atomic.Int64
 
 	mu sync.Mutex // guards state, runCtx and stop; handlers.Add happens under it
 	// state is 0 before Serve, 1 while serving, 2 after.

@@ -40,6 +40,8 @@ type Stats struct {
 	// Rejected counts requests answered by the router itself with an
 	// error status (404, 403, 483, ...).
 	Rejected uint64
+	// Overload counts requests refused with 503 past MaxInFlight.
+	Overload uint64
 }
 
 // counters are the live values behind Stats.
@@ -49,7 +51,7 @@ type counters struct {
 	inByHops                                   [4]atomic.Uint64
 	maxHops                                    atomic.Uint32
 	forks, branches, cancels                   atomic.Uint64
-	stateless, rejected                        atomic.Uint64
+	stateless, rejected, overload              atomic.Uint64
 
 	mu        sync.Mutex // guards forwarded
 	forwarded map[string]uint64
@@ -84,7 +86,7 @@ func (c *counters) snapshot() Stats {
 		MaxHops: uint8(c.maxHops.Load()), Dropped: c.dropped.Load(), TunnelErrors: c.tunnelErrors.Load(),
 		Resets: c.resets.Load(),
 		Forks:  c.forks.Load(), Branches: c.branches.Load(), Cancels: c.cancels.Load(),
-		StatelessResponses: c.stateless.Load(), Rejected: c.rejected.Load(),
+		StatelessResponses: c.stateless.Load(), Rejected: c.rejected.Load(), Overload: c.overload.Load(),
 		Forwarded: make(map[string]uint64),
 	}
 	for i := range s.InByHops {
