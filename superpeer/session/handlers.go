@@ -48,7 +48,15 @@ func (s *Server) Handler(peer Peer) link.Handler {
 			c.ReplyError(f, wire.Errorf(wire.CodeUnavailable, "super peer overloaded")) //nolint:errcheck
 			return
 		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			<-s.sem
+			c.ReplyError(f, wire.Errorf(wire.CodeUnavailable, "super peer shutting down")) //nolint:errcheck
+			return
+		}
 		s.wg.Add(1)
+		s.mu.Unlock()
 		go func() {
 			defer s.wg.Done()
 			defer func() { <-s.sem }()

@@ -101,8 +101,12 @@ type Server struct {
 	m   *metrics
 	sem chan struct{}
 
-	mu    sync.Mutex // guards conns
+	mu    sync.Mutex // guards conns and closed
 	conns map[*link.Conn]Peer
+	// closed is set once Run stops accepting: request goroutines may no
+	// longer be added to wg (links dialled by the pool outlive the accept
+	// loop by a moment).
+	closed bool
 
 	ctx atomic.Pointer[context.Context]
 	wg  sync.WaitGroup
@@ -161,6 +165,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 	}
 	s.mu.Lock()
+	s.closed = true
 	for c := range s.conns {
 		c.Close()
 	}
