@@ -8,10 +8,10 @@ import (
 	"sync"
 )
 
-// quota counts units per user and in total. A unit is held by an
-// admitted Allocate from admission (gate.admit) until either its relay
-// socket closes or the request ends without one (gate.settle), so two
-// sockets admitting the same user at once cannot both slip under the cap.
+// quota counts units per user and in total. An admitted Allocate reserves
+// one (gate.admit), so two sockets admitting the same user at once cannot
+// both slip under the cap; its relay socket takes it over and holds it
+// until Close (gate.takeUnit, relayConn.Close).
 type quota struct {
 	maxTotal, maxPerUser int
 
@@ -39,8 +39,8 @@ func (q *quota) reserve(user string) error {
 	return nil
 }
 
-// acquire takes a unit without checking the caps (EVEN-PORT probes, which
-// give it back at once).
+// acquire takes a unit without checking the caps: for a further relay
+// socket of one admitted Allocate (EVEN-PORT probes, closed at once).
 func (q *quota) acquire(user string) {
 	q.mu.Lock()
 	q.total++
@@ -76,18 +76,23 @@ type relayConn struct {
 	g      *gate
 	user   string
 	client string
+	lease  *pending // the admitted request whose reserved unit it holds, if it does
 	once   sync.Once
 }
 
-// newRelayConn wraps pc and registers it with the server and its gate.
-func (s *Server) newRelayConn(pc net.PacketConn, g *gate, user, client string) *relayConn {
-	rc := &relayConn{PacketConn: pc, s: s, g: g, user: user, client: client}
-	g.relayOpened(client)
+// newRelayConn wraps pc, bound for request p (holding p's reserved unit
+// if reserved), and registers it with the server and its gate.
+func (s *Server) newRelayConn(pc net.PacketConn, g *gate, p *pending, reserved bool) *relayConn {
+	rc := &relayConn{PacketConn: pc, s: s, g: g, user: p.user, client: p.client}
+	if reserved {
+		rc.lease = p
+	}
+	g.relayOpened(p.client)
 	s.mu.Lock()
 	s.relays[rc] = struct{}{}
 	s.mu.Unlock()
 	s.metrics.allocated.Inc()
-	s.log.Debug().Str("user", user).Str("remote_addr", client).Str("relay", pc.LocalAddr().String()).
+	s.log.Debug().Str("user", p.user).Str("remote_addr", p.client).Str("relay", pc.LocalAddr().String()).
 		Msg("turn allocation open")
 	return rc
 }
@@ -114,7 +119,7 @@ func (c *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 func (c *relayConn) Close() error {
 	err := c.PacketConn.Close()
 	c.once.Do(func() {
-		c.s.quota.release(c.user)
+		c.g.returnUnit(c.user, c.lease)
 		c.g.relayClosed(c.client)
 		c.s.mu.Lock()
 		delete(c.s.relays, c)

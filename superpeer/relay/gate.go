@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/pion/stun"
 
@@ -45,20 +47,24 @@ import (
 //
 // Quota accounting uses a property of pion's server that its code shows
 // (Server.readLoop): each socket has one read goroutine, which handles a
-// request completely, including the generator call that binds the relay,
-// before it reads the next. So the gate admits an Allocate by reserving a
-// quota unit (pending), the generator called for that request on the same
-// goroutine turns the unit into a relay socket that holds it until Close,
-// and the next ReadFrom settles the reservation: if no relay was made
-// (pion refused the request, or it was a retransmission), the unit goes
-// back. pion has no allocation-closed event either, but it closes the
-// relay socket whenever an allocation ends (expiry, Refresh with lifetime
-// 0, server close, read error), so relayConn.Close is that event.
-// A TCP Listener gets one turn.Server per accepted connection (see
-// Server.serveTCP), so this one-goroutine-per-gate property holds for TCP
-// too.
+// request completely, including the generator call that binds the relay
+// and the response, before it reads the next. So the gate admits an
+// Allocate by reserving a quota unit (pending); the relay socket the
+// generator binds for it takes that unit over and holds it until Close;
+// and when pion is done with the request (settle: when it writes the
+// response to that transaction through the gate, or at the latest at the
+// next ReadFrom) a unit nobody took goes back. A socket closed while its
+// request is still pending (pion's EVEN-PORT probes) hands the unit back
+// to the reservation. A user is never counted twice, and the count is
+// exact by the time the client reads the response. A TCP Listener gets
+// one turn.Server per accepted connection (see Server.serveTCP), so the
+// one-goroutine-per-gate property holds for TCP too.
+//
+// pion has no allocation-closed event either, but it closes the relay
+// socket whenever an allocation ends (expiry, Refresh with lifetime 0,
+// server close, relay read error), so relayConn.Close is that event.
 type gate struct {
-	net.PacketConn // the client-facing socket; pion's writes go straight to it
+	net.PacketConn // the client-facing socket (WriteTo is wrapped below)
 
 	s      *Server
 	proto  string // "udp" or "tcp", for logs
@@ -67,21 +73,25 @@ type gate struct {
 	// scratch is the decode buffer; only the read goroutine uses it.
 	scratch []byte
 
+	// pending is the Allocate being handled, from admit to settle. It is
+	// an atomic pointer so that WriteTo's check costs no lock; it and
+	// its unit change under mu.
+	pending atomic.Pointer[pending]
+
 	mu sync.Mutex // guards the fields below
-	// pending is the Allocate being handled, from screen to the next
-	// ReadFrom.
-	pending *pending
 	// clients counts open relays per client address on this socket
 	// (pion allows one per 5-tuple).
 	clients map[string]int
 	done    bool
 }
 
-// pending is an admitted Allocate whose quota unit is reserved.
+// pending is an admitted Allocate, holding a reserved quota unit while
+// pion handles it.
 type pending struct {
 	user   string
 	client string
-	taken  bool // the unit now belongs to a relay socket
+	txid   [stun.TransactionIDSize]byte
+	free   bool // the reserved unit is not held by a relay socket; guarded by gate.mu
 }
 
 func newGate(s *Server, pc net.PacketConn, proto string, onDone func()) *gate {
@@ -93,7 +103,10 @@ func newGate(s *Server, pc net.PacketConn, proto string, onDone func()) *gate {
 // rewritten. An error ends pion's loop, so it marks the gate done.
 func (g *gate) ReadFrom(p []byte) (int, net.Addr, error) {
 	for {
-		g.settle()
+		g.settle(nil)
+		if g.proto == "tcp" {
+			_ = g.PacketConn.SetReadDeadline(time.Now().Add(g.idleLimit()))
+		}
 		n, from, err := g.PacketConn.ReadFrom(p)
 		if err != nil {
 			g.finish()
@@ -103,6 +116,24 @@ func (g *gate) ReadFrom(p []byte) (int, net.Addr, error) {
 			return n, from, nil
 		}
 	}
+}
+
+// A TCP connection that sends nothing for tcpIdle is closed, or for
+// tcpIdleAllocated while it holds an allocation: an allocation lives at
+// most an hour without a Refresh (pion caps LIFETIME there), so by then
+// it is gone anyway. Idle connections must not pin file descriptors.
+const (
+	tcpIdle          = time.Minute
+	tcpIdleAllocated = 65 * time.Minute
+)
+
+func (g *gate) idleLimit() time.Duration {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.clients) > 0 {
+		return tcpIdleAllocated
+	}
+	return g.s.tcpIdle
 }
 
 // authenticated lists the requests pion authenticates (internal/server).
@@ -193,7 +224,7 @@ func (g *gate) admit(m *stun.Message, from net.Addr, user string, key []byte) bo
 		return false
 	}
 	g.mu.Lock()
-	g.pending = &pending{user: user, client: client}
+	g.pending.Store(&pending{user: user, client: client, txid: m.TransactionID, free: true})
 	g.mu.Unlock()
 	return true
 }
@@ -254,16 +285,65 @@ func (g *gate) respond(m *stun.Message, to net.Addr, code stun.ErrorCode, key []
 	}
 }
 
-// settle ends the previous request's handling: an unused reservation
-// goes back.
-func (g *gate) settle() {
+// settle ends the admitted request's handling (if want is nil, or is the
+// pending request): a unit no relay socket took goes back.
+func (g *gate) settle(want *pending) {
 	g.mu.Lock()
-	p := g.pending
-	g.pending = nil
+	p := g.pending.Load()
+	if p == nil || (want != nil && p != want) {
+		g.mu.Unlock()
+		return
+	}
+	g.pending.Store(nil)
+	free := p.free
 	g.mu.Unlock()
-	if p != nil && !p.taken {
+	if free {
 		g.s.quota.release(p.user)
 	}
+}
+
+// takeUnit gives a relay socket being bound for the pending request its
+// quota unit: the reservation's if still free, else a new one (EVEN-PORT
+// probing binds several). It returns the pending request, nil if there
+// is none, and whether the unit is the reservation's.
+func (g *gate) takeUnit() (*pending, bool) {
+	g.mu.Lock()
+	p := g.pending.Load()
+	reserved := p != nil && p.free
+	if reserved {
+		p.free = false
+	}
+	g.mu.Unlock()
+	if p != nil && !reserved {
+		g.s.quota.acquire(p.user)
+	}
+	return p, reserved
+}
+
+// returnUnit gives back the unit of a relay socket that closes: to the
+// reservation it came from if that request is still pending, else to the
+// quota.
+func (g *gate) returnUnit(user string, from *pending) {
+	g.mu.Lock()
+	back := from != nil && g.pending.Load() == from && !from.free
+	if back {
+		from.free = true
+	}
+	g.mu.Unlock()
+	if !back {
+		g.s.quota.release(user)
+	}
+}
+
+// WriteTo is how pion answers (and relays to) the client. The response to
+// the admitted Allocate settles its reservation before it leaves, so the
+// client never sees a count that includes it. Other writes (most of them
+// relayed data) only pay an atomic load.
+func (g *gate) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if p := g.pending.Load(); p != nil && stun.IsMessage(b) && [stun.TransactionIDSize]byte(b[8:20]) == p.txid {
+		g.settle(p)
+	}
+	return g.PacketConn.WriteTo(b, addr)
 }
 
 // finish runs once, when pion's read loop gets an error from ReadFrom.
@@ -273,7 +353,7 @@ func (g *gate) finish() {
 	g.done = true
 	g.mu.Unlock()
 	if !done {
-		g.settle()
+		g.settle(nil)
 		g.onDone()
 	}
 }
@@ -290,34 +370,23 @@ func (g *gate) AllocateConn(string, int) (net.Conn, net.Addr, error) {
 // AllocatePacketConn implements turn.RelayAddressGenerator. pion calls it
 // on this gate's read goroutine while it handles the Allocate that
 // screen admitted (and, for EVEN-PORT, also to probe ports: those sockets
-// are closed at once and give their unit back).
+// are closed at once and hand their unit back).
 func (g *gate) AllocatePacketConn(network string, requestedPort int) (net.PacketConn, net.Addr, error) {
-	g.mu.Lock()
-	p := g.pending
-	first := p != nil && !p.taken
-	if first {
-		p.taken = true
-	}
-	g.mu.Unlock()
+	p, reserved := g.takeUnit()
 	if p == nil {
 		return nil, nil, errNoReservation // pion answers 508
 	}
-	if !first {
-		g.s.quota.acquire(p.user)
-	}
 	pc, port, err := g.s.bindRelay(network, requestedPort)
 	if err != nil {
-		if first {
-			g.mu.Lock()
-			p.taken = false // settle gives the unit back
-			g.mu.Unlock()
-		} else {
-			g.s.quota.release(p.user)
-		}
 		g.s.log.Warn().Str("user", p.user).Err(err).Msg("turn relay socket not bound")
+		var from *pending
+		if reserved {
+			from = p
+		}
+		g.returnUnit(p.user, from)
 		return nil, nil, err
 	}
-	rc := g.s.newRelayConn(pc, g, p.user, p.client)
+	rc := g.s.newRelayConn(pc, g, p, reserved)
 	return rc, &net.UDPAddr{IP: g.s.cfg.RelayIP, Port: port}, nil
 }
 

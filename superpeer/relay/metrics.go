@@ -21,7 +21,7 @@ func newMetrics(reg prometheus.Registerer, live func() int) (*metrics, error) {
 	m := &metrics{
 		allocated: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "p2psip", Subsystem: "turn", Name: "allocations_total",
-			Help: "TURN allocations created.",
+			Help: "TURN relay sockets bound: allocations created (plus pion's EVEN-PORT probes, which are rare).",
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "p2psip", Subsystem: "turn", Name: "refused_total",

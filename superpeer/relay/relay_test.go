@@ -509,3 +509,102 @@ func TestNewValidates(t *testing.T) {
 		t.Fatalf("defaults: %+v", s.cfg)
 	}
 }
+
+func TestIdleTCPConnectionClosed(t *testing.T) {
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Realm: testRealm, Secret: testSecret, PacketConn: pc, Listener: ln}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.tcpIdle = 200 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	conn, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	start := time.Now()
+	if err := conn.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Fatalf("idle connection not closed by the server: %v", err)
+	}
+	if d := time.Since(start); d < 150*time.Millisecond {
+		t.Fatalf("closed after %v, before the idle limit", d)
+	}
+}
+
+// TestQuotaConcurrent races allocations of one user over the UDP socket
+// and several TCP connections (each served by its own goroutine): the cap
+// holds exactly.
+func TestQuotaConcurrent(t *testing.T) {
+	const perUser, clients = 3, 12
+	ts := startServer(t, func(c *Config) { c.MaxPerUser = perUser })
+	alice := issue(t, "alice")
+	cs := make([]*turn.Client, clients)
+	for i := range cs {
+		cs[i] = newClient(t, ts, alice.Username, alice.Password, i%2 == 1)
+	}
+	errs := make(chan error, clients)
+	for _, c := range cs {
+		go func() {
+			_, err := allocate(t, c)
+			errs <- err
+		}()
+	}
+	ok, quota := 0, 0
+	for range cs {
+		switch err := <-errs; {
+		case err == nil:
+			ok++
+		case strings.Contains(err.Error(), "error 486"):
+			quota++
+		default:
+			t.Errorf("unexpected: %v", err)
+		}
+	}
+	if ok != perUser || quota != clients-perUser {
+		t.Fatalf("%d allocated, %d refused with 486; want %d and %d", ok, quota, perUser, clients-perUser)
+	}
+	if got := ts.quota.held("alice"); got != perUser {
+		t.Fatalf("held %d", got)
+	}
+}
+
+// TestEvenPort: pion probes the generator for an even port (RFC 5766
+// §6.2 EVEN-PORT); the probes give their units back.
+func TestEvenPort(t *testing.T) {
+	ts := startServer(t, nil)
+	alice := issue(t, "alice")
+	res := newRawClient(t, ts).allocate(alice.Username, alice.Password, testRealm,
+		stun.RawAttribute{Type: stun.AttrEvenPort, Value: []byte{0x80}})
+	if code := errorCode(res); code != 0 {
+		t.Fatalf("Allocate with EVEN-PORT: error %v", code)
+	}
+	var relayed stun.XORMappedAddress
+	if err := relayed.GetFromAs(res, stun.AttrXORRelayedAddress); err != nil {
+		t.Fatal(err)
+	}
+	if relayed.Port%2 != 0 {
+		t.Fatalf("relayed port %d is odd", relayed.Port)
+	}
+	if ts.quota.held("alice") != 1 || ts.Allocations() != 1 {
+		t.Fatalf("held %d, allocations %d; want 1 and 1", ts.quota.held("alice"), ts.Allocations())
+	}
+}

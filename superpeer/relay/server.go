@@ -33,6 +33,7 @@ type Server struct {
 	quota   *quota
 	metrics *metrics
 	started atomic.Bool
+	tcpIdle time.Duration // idle limit of a TCP connection without allocation; tests shorten it before Run
 
 	// policy is set by Run before any socket is served and read-only
 	// afterwards.
@@ -60,13 +61,14 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	}
 	log = log.With().Str("component", "relay").Logger()
 	s := &Server{
-		cfg:    cfg,
-		log:    log,
-		rlog:   log.Sample(&zerolog.BurstSampler{Burst: 20, Period: time.Second}),
-		pionLF: logx.Pion(log.Sample(&zerolog.BurstSampler{Burst: 20, Period: time.Second})),
-		quota:  newQuota(cfg.MaxAllocations, cfg.MaxPerUser),
-		relays: make(map[*relayConn]struct{}),
-		tcp:    make(map[*gate]struct{}),
+		cfg:     cfg,
+		log:     log,
+		rlog:    log.Sample(&zerolog.BurstSampler{Burst: 20, Period: time.Second}),
+		pionLF:  logx.Pion(log.Sample(&zerolog.BurstSampler{Burst: 20, Period: time.Second})),
+		quota:   newQuota(cfg.MaxAllocations, cfg.MaxPerUser),
+		tcpIdle: tcpIdle,
+		relays:  make(map[*relayConn]struct{}),
+		tcp:     make(map[*gate]struct{}),
 	}
 	if s.metrics, err = newMetrics(cfg.Registerer, s.Allocations); err != nil {
 		return nil, fmt.Errorf("relay metrics: %w", err)
@@ -196,9 +198,14 @@ func (s *Server) serveTCP(c net.Conn) {
 		s.loops.Done()
 	})
 	s.mu.Lock()
-	if s.closing {
+	if s.closing || len(s.tcp) >= s.maxTCP() {
+		full := !s.closing
 		s.mu.Unlock()
 		_ = c.Close()
+		if full {
+			s.rlog.Warn().Str("remote_addr", c.RemoteAddr().String()).Int("connections", s.maxTCP()).
+				Msg("turn tcp connection refused: too many")
+		}
 		return
 	}
 	s.tcp[g] = struct{}{}
@@ -209,6 +216,11 @@ func (s *Server) serveTCP(c net.Conn) {
 		g.finish()
 	}
 }
+
+// maxTCP caps concurrent TCP connections. Each can hold at most one
+// allocation (one 5-tuple), so MaxAllocations of them plus some room for
+// STUN-only clients is all a client population needs.
+func (s *Server) maxTCP() int { return max(4096, s.cfg.MaxAllocations+1024) }
 
 // shutdown closes every socket, waits for pion's read loops to end and
 // for the allocations to close. accepted, if not nil, is closed when the
