@@ -55,6 +55,7 @@ func newApp() *cli.App {
 			"precedence: flags > environment > config file > defaults.",
 		Commands: []*cli.Command{
 			superpeerCommand(),
+			peerCommand(),
 			credentialsCommand(),
 			recordCommand(),
 			serviceCommand(),
