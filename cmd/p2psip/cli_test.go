@@ -244,7 +244,8 @@ func TestClientCommands(t *testing.T) {
 	data := filepath.Join(dir, "data")
 	peerPort, admin := freePort(t), fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	sp := startSuperpeer(t, dir, nil, "--data-dir", data, "--peer-port", strconv.Itoa(peerPort),
-		"--gossip-port", strconv.Itoa(freePort(t)), "--admin", admin, "--overlay", "p2psip.test", "--log-format", "json")
+		"--gossip-port", strconv.Itoa(freePort(t)), "--admin", admin, "--overlay", "p2psip.test", "--log-format", "json",
+		"--sip-port", "0", "--sips-port", "0")
 	st := waitReady(t, sp, dir, nil, "--admin", admin)
 	server := fmt.Sprintf("127.0.0.1:%d", peerPort)
 	if st.Status.PeerAddr != server || st.Status.Overlay != "p2psip.test" || len(st.Members) != 1 {
@@ -394,7 +395,8 @@ gossip-port: %d         # overridden by P2PSIP_GOSSIP_PORT, itself overridden by
 replicas: 1
 log-format: console
 log-level: info
-sip-port: 5070
+sip-port: 0             # a free port, like sips-port
+sips-port: 0
 `, admin, freePort(t), freePort(t))
 	confDir := filepath.Join(dir, "etc")
 	if err := os.Mkdir(confDir, 0o755); err != nil {
@@ -429,7 +431,7 @@ sip-port: 5070
 	if err := sp.stop(5 * time.Second); err != nil {
 		t.Fatalf("SIGTERM: want exit status 0, got %v", err)
 	}
-	if !strings.Contains(sp.stderr.String(), "leaving the mesh") {
+	if !strings.Contains(sp.stderr.String(), "left the overlay") {
 		t.Errorf("no graceful leave on SIGTERM")
 	}
 
