@@ -74,6 +74,7 @@ func (r *Router) proxy(orig, in *sip.Request, tx sip.ServerTransaction, from ori
 
 	pending := len(branches)
 	answered := false // a final response went upstream (or sipgo sent 487)
+	success := false  // that response was a 2xx
 	txDone := tx.Done()
 	var timerC <-chan time.Time
 	var tc *time.Timer
@@ -130,7 +131,7 @@ func (r *Router) proxy(orig, in *sip.Request, tx sip.ServerTransaction, from ori
 					}
 					continue
 				}
-				answered = true
+				answered, success = true, true
 				r.respondUpstream(tx, ev.res, from)
 				if invite {
 					cancelAll()
@@ -172,6 +173,26 @@ func (r *Router) proxy(orig, in *sip.Request, tx sip.ServerTransaction, from ori
 	}
 	if !answered {
 		r.respondBest(orig, tx, &best, from)
+	}
+	if invite && !success && from.tunnel() {
+		r.absorbAck(ctx, tx)
+	}
+}
+
+// absorbAck keeps a failed INVITE's server transaction alive until its
+// ACK arrives. sipgo ends a server transaction as soon as the handler
+// returns on a reliable transport — which the tunnel's virtual
+// connections are — and the ACK for our non-2xx would then match nothing
+// and be routed like a 2xx ACK, reaching a phone whose branch was
+// cancelled. Bounded by 64*T1, as RFC 3261 §17.2.1 bounds the wait.
+func (r *Router) absorbAck(ctx context.Context, tx sip.ServerTransaction) {
+	t := time.NewTimer(64 * sip.T1)
+	defer t.Stop()
+	select {
+	case <-tx.Acks():
+	case <-tx.Done():
+	case <-t.C:
+	case <-ctx.Done():
 	}
 }
 

@@ -175,9 +175,11 @@ func (t *tunnel) allocLocked() (netip.Addr, error) {
 
 // ensure returns the fake address of the peer's connection once sipgo has
 // pooled it, so that a request with that destination reuses it instead of
-// dialing.
+// dialing. A hint given here comes from a fresh location lookup and
+// replaces the one learned from the peer's last message: after a failover
+// the lookup knows the new super peer before any message shows it.
 func (t *tunnel) ensure(ctx context.Context, peer, hint ids.PeerID) (string, error) {
-	c, err := t.conn(peer, hint, false)
+	c, err := t.conn(peer, hint, true)
 	if err != nil {
 		return "", err
 	}

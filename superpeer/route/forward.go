@@ -165,6 +165,22 @@ func (r *Router) toSuperPeerWait(ctx context.Context, from *link.Conn, sp ids.Pe
 func (r *Router) sendTo(ctx context.Context, from *link.Conn, sp ids.PeerID, f *wire.Frame) {
 	c, err := r.cfg.Links.Conn(ctx, sp)
 	if err != nil {
+		// The hint may name a super peer that just died; the agent has
+		// reattached elsewhere and said so in its peer record.
+		alt, werr := r.attachmentOf(ctx, f.Dst)
+		switch {
+		case werr == nil && alt == r.cfg.Self:
+			if dst := r.attachedConn(f.Dst); dst != nil {
+				if err := dst.Send(f); err != nil {
+					r.drop("queue_full", f)
+				}
+				return
+			}
+		case werr == nil && alt != sp:
+			c, err = r.cfg.Links.Conn(ctx, alt)
+		}
+	}
+	if err != nil {
 		r.fail(from, f, wire.Errorf(wire.CodeUnknownPeer, "super peer %s unreachable: %v", sp.Short(), err))
 		return
 	}
