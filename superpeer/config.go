@@ -1,7 +1,7 @@
 // Package superpeer is the super peer's composition root: it loads the
 // node's identity and the overlay secret, binds the sockets, and runs the
-// mesh, the store, the peer-protocol server, the data-plane links and the
-// admin API under one context (ARCHITECTURE.md §1). Logic lives in the
+// mesh, the store, the peer-protocol server, the data-plane links, the SIP
+// edge and the admin API under one context (ARCHITECTURE.md §1). Logic lives in the
 // subpackages; this package only wires them.
 package superpeer
 
@@ -63,6 +63,49 @@ type Config struct {
 	// (tests pass 127.0.0.1:0 listeners). Run closes them.
 	PeerListener  net.Listener
 	AdminListener net.Listener
+
+	// SIP edge for plain SIP phones (ARCHITECTURE.md §6). SIPPort is its
+	// UDP and TCP port (default 5060; -1: an ephemeral port, the same for
+	// both), SIPSPort its TLS port (default 5061; -1: ephemeral).
+	SIPPort  int
+	SIPSPort int
+	// SIPUDP, SIPTCP and SIPTLS, if set, are used instead of binding
+	// (tests). SIPTLS is a plain TCP listener: the node adds TLS. New takes
+	// them over; Run closes them.
+	SIPUDP net.PacketConn
+	SIPTCP net.Listener
+	SIPTLS net.Listener
+	// SIPSCertFile and SIPSKeyFile are an operator's PEM certificate chain
+	// and key for SIPS. Empty means the node's certificate: Ed25519, signed
+	// by the overlay CA (clients verify it with ca.pem), which not every
+	// phone supports.
+	SIPSCertFile string
+	SIPSKeyFile  string
+	// EdgeMaxInFlight bounds SIP requests the edge handles at once; past
+	// it new ones get 503 with Retry-After (default 1000).
+	EdgeMaxInFlight int
+	// ForeignDomain is the edge's answer to requests for domains other
+	// than the overlay: "403" (default) or "404".
+	ForeignDomain string
+	// EdgeMinExpires is the shortest registration the edge accepts
+	// (default 60s; tests use less).
+	EdgeMinExpires time.Duration
+
+	// STUN and TURN (ARCHITECTURE.md §7). TURNPort is the UDP and TCP port
+	// (default 3478; -1: ephemeral). TURNUDP and TURNTCP, if set, are used
+	// instead of binding (tests); Run closes them.
+	TURNPort int
+	TURNUDP  net.PacketConn
+	TURNTCP  net.Listener
+	// RelayMinPort and RelayMaxPort bound the relay ports (default
+	// 49152-65535).
+	RelayMinPort, RelayMaxPort int
+	// TURNMaxAllocations (default 10000) and TURNMaxPerUser (default 10)
+	// are the allocation quotas.
+	TURNMaxAllocations, TURNMaxPerUser int
+	// TURNAllowLoopback lets the relay reach loopback peers (tests, labs;
+	// like coturn's --allow-loopback-peers).
+	TURNAllowLoopback bool
 }
 
 func (c *Config) setDefaults() error {
@@ -89,6 +132,22 @@ func (c *Config) setDefaults() error {
 	}
 	c.PeerPort = port(c.PeerPort, 6084)
 	c.GossipPort = port(c.GossipPort, 7946)
+	c.SIPPort = port(c.SIPPort, 5060)
+	c.SIPSPort = port(c.SIPSPort, 5061)
+	c.TURNPort = port(c.TURNPort, 3478)
+	switch c.ForeignDomain {
+	case "":
+		c.ForeignDomain = "403"
+	case "403", "404":
+	default:
+		return fmt.Errorf("foreign-domain %q: want 403 or 404", c.ForeignDomain)
+	}
+	if (c.SIPSCertFile == "") != (c.SIPSKeyFile == "") {
+		return errors.New("sips certificate and key files go together")
+	}
+	if c.EdgeMaxInFlight < 0 {
+		return fmt.Errorf("edge max in-flight %d: must not be negative", c.EdgeMaxInFlight)
+	}
 	if c.Admin == "" {
 		c.Admin = "127.0.0.1:6085"
 	}

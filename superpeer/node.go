@@ -23,8 +23,10 @@ import (
 	"github.com/p2psip/p2psip/common/record"
 	"github.com/p2psip/p2psip/common/wire"
 	"github.com/p2psip/p2psip/superpeer/admin"
+	"github.com/p2psip/p2psip/superpeer/edge"
 	"github.com/p2psip/p2psip/superpeer/mesh"
 	"github.com/p2psip/p2psip/superpeer/peers"
+	"github.com/p2psip/p2psip/superpeer/relay"
 	"github.com/p2psip/p2psip/superpeer/route"
 	"github.com/p2psip/p2psip/superpeer/session"
 	"github.com/p2psip/p2psip/superpeer/store"
@@ -50,6 +52,11 @@ type Node struct {
 	pool     *peers.Pool
 	sessions *session.Server
 	router   *route.Router
+	edge     *edge.Edge
+	relay    *relay.Server
+	turnAddr string // advertised STUN/TURN address, set by New
+
+	sipAddr, sipsAddr string // set by New
 
 	peerAddr  atomic.Value // string, once bound
 	adminAddr atomic.Value
@@ -91,6 +98,7 @@ func New(cfg Config, log zerolog.Logger) (*Node, error) {
 	n := &Node{cfg: cfg, log: log, id: id, reg: prometheus.NewRegistry(), ready: make(chan struct{})}
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if err := n.build(key); err != nil {
+		closeSIP(&n.cfg)
 		return nil, err
 	}
 	return n, nil
@@ -161,13 +169,20 @@ func (n *Node) build(key ed25519.PrivateKey) error {
 	if err != nil {
 		return err
 	}
+	if err := n.buildRelay(); err != nil {
+		return fmt.Errorf("stun/turn: %w", err)
+	}
 	n.router, err = route.New(route.Config{
-		Self: n.id, SelfAddr: advertised, Capacity: cfg.Capacity, Keepalive: cfg.Keepalive,
+		Self: n.id, SelfAddr: advertised, TURNAddr: n.turnAddr, Capacity: cfg.Capacity, Keepalive: cfg.Keepalive,
 		Members: func() []mesh.Member { return n.mesh.View().Members },
 		Links:   n.pool, Records: n.store, Registerer: n.reg,
+		Local: n.edgeFrame,
 	}, n.log)
 	if err != nil {
 		return err
+	}
+	if err := n.buildEdge(cert, advertised); err != nil {
+		return fmt.Errorf("sip edge: %w", err)
 	}
 	n.sessions, err = session.New(session.Config{
 		Listener: cfg.PeerListener, TLS: auth.ServerTLSConfig(cert), Self: n.id, Overlay: cfg.Overlay,
@@ -177,7 +192,7 @@ func (n *Node) build(key ed25519.PrivateKey) error {
 		return err
 	}
 	n.mesh, err = mesh.New(mesh.Config{
-		Meta:          mesh.Meta{PeerID: n.id, PeerAddr: advertised, Admin: cfg.Admin, Capacity: uint32(cfg.Capacity)},
+		Meta:          mesh.Meta{PeerID: n.id, PeerAddr: advertised, SIPAddr: n.sipAddr, TURNAddr: n.turnAddr, Admin: cfg.Admin, Capacity: uint32(cfg.Capacity)},
 		BindAddr:      cfg.Bind,
 		BindPort:      cfg.GossipPort,
 		AdvertiseAddr: cfg.Advertise,
@@ -207,6 +222,7 @@ func (n *Node) Run(ctx context.Context) error {
 			var err error
 			if l, err = net.Listen("tcp", n.cfg.Admin); err != nil {
 				n.cfg.PeerListener.Close()
+				closeSIP(&n.cfg)
 				return fmt.Errorf("admin listener: %w", err)
 			}
 		}
@@ -221,6 +237,9 @@ func (n *Node) Run(ctx context.Context) error {
 	g.Go(func() error { return n.store.Run(ctx) })
 	g.Go(func() error { return n.sessions.Run(ctx) })
 	g.Go(func() error { return n.mesh.Run(ctx) })
+	g.Go(func() error { return n.edge.Run(ctx) })
+	g.Go(func() error { return n.relay.Run(ctx) })
+	g.Go(func() error { return n.publishServices(ctx) })
 	g.Go(func() error { return n.watch(ctx) })
 	return g.Wait()
 }
@@ -239,6 +258,8 @@ func (n *Node) watch(ctx context.Context) error {
 		Str("overlay", n.cfg.Overlay).
 		Str("peer_addr", n.PeerAddr()).
 		Str("gossip_addr", n.GossipAddr()).
+		Str("sip_addr", n.SIPAddr()).
+		Str("sips_addr", n.SIPSAddr()).
 		Str("admin", n.AdminAddr()).
 		Str("ca_file", filepath.Join(n.cfg.DataDir, CAFile)).
 		Msg("super peer ready")
@@ -303,6 +324,7 @@ type Status struct {
 	Overlay    string           `json:"overlay"`
 	PeerAddr   string           `json:"peer_addr"`
 	GossipAddr string           `json:"gossip_addr"`
+	SIPAddr    string           `json:"sip_addr"`
 	Ready      bool             `json:"ready"`
 	Uptime     string           `json:"uptime"`
 	Members    int              `json:"members"`
@@ -321,7 +343,7 @@ func (n *Node) Status() any {
 		replicas = 3
 	}
 	return Status{
-		PeerID: n.id, Overlay: n.cfg.Overlay, PeerAddr: n.PeerAddr(), GossipAddr: n.GossipAddr(),
+		PeerID: n.id, Overlay: n.cfg.Overlay, PeerAddr: n.PeerAddr(), GossipAddr: n.GossipAddr(), SIPAddr: n.SIPAddr(),
 		Ready: n.isReady.Load(), Uptime: time.Since(n.start).Round(time.Second).String(),
 		Members: len(n.mesh.View().Members), Replicas: replicas, Records: n.store.Held(),
 		Sessions: n.sessions.Sessions(), Links: len(n.pool.Links()),

@@ -37,11 +37,27 @@ func superpeerFlags() []cli.Flag {
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "gossip-port", Value: 7946, EnvVars: env("gossip-port"),
 			Usage: "TCP+UDP `PORT` of the mesh gossip; 0 picks a free port"}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "sip-port", Value: 5060, EnvVars: env("sip-port"),
-			Usage: "SIP UDP+TCP `PORT` (reserved: SIP edge / TURN land in later releases)"}),
+			Usage: "SIP edge UDP+TCP `PORT` for plain SIP phones; 0 picks a free port"}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "sips-port", Value: 5061, EnvVars: env("sips-port"),
-			Usage: "SIP TLS `PORT` (reserved: SIP edge / TURN land in later releases)"}),
+			Usage: "SIP edge TLS `PORT`; 0 picks a free port"}),
+		altsrc.NewPathFlag(&cli.PathFlag{Name: "sips-cert-file", EnvVars: env("sips-cert-file"),
+			Usage: "PEM certificate chain `FILE` for SIPS (default: the node's Ed25519 certificate from the overlay CA)"}),
+		altsrc.NewPathFlag(&cli.PathFlag{Name: "sips-key-file", EnvVars: env("sips-key-file"),
+			Usage: "PEM private key `FILE` of --sips-cert-file"}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "sip-max-inflight", Value: 1000, EnvVars: env("sip-max-inflight"),
+			Usage: "`N` SIP requests the edge handles at once; past it, 503 with Retry-After"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "sip-foreign-domain", Value: "403", EnvVars: env("sip-foreign-domain"),
+			Usage: "edge answer (`403` or 404) to requests for domains other than the overlay"}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "turn-port", Value: 3478, EnvVars: env("turn-port"),
-			Usage: "STUN/TURN `PORT` (reserved: SIP edge / TURN land in later releases)"}),
+			Usage: "STUN/TURN UDP+TCP `PORT`; 0 picks a free port"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "turn-relay-ports", Value: "49152-65535", EnvVars: env("turn-relay-ports"),
+			Usage: "`MIN-MAX` ports for TURN relay addresses"}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "turn-max-allocations", Value: 10000, EnvVars: env("turn-max-allocations"),
+			Usage: "`N` TURN allocations in total (486 past it)"}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "turn-max-per-user", Value: 10, EnvVars: env("turn-max-per-user"),
+			Usage: "`N` TURN allocations per user (486 past it)"}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "turn-allow-loopback", EnvVars: env("turn-allow-loopback"),
+			Usage: "let the relay reach loopback peers (tests and labs only, like coturn's --allow-loopback-peers)"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "admin", Value: "127.0.0.1:6085", EnvVars: env("admin"),
 			Usage: "admin HTTP `ADDR` (/metrics, /healthz, /readyz, /v1/...); \"off\" disables it"}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "join", EnvVars: env("join"),
@@ -91,7 +107,7 @@ func runSuperpeer(c *cli.Context) error {
 			return fmt.Errorf("--%s %d: want 0..65535", name, p)
 		}
 	}
-	for _, name := range []string{"write-quorum", "capacity"} {
+	for _, name := range []string{"write-quorum", "capacity", "sip-max-inflight"} {
 		if c.Int(name) < 0 {
 			return fmt.Errorf("--%s %d: must not be negative", name, c.Int(name))
 		}
@@ -110,10 +126,23 @@ func runSuperpeer(c *cli.Context) error {
 		WriteQuorum: c.Int("write-quorum"),
 		Capacity:    c.Int("capacity"),
 		Promotion:   c.String("promotion"),
+
+		SIPPort:         cliPort(c.Int("sip-port")),
+		SIPSPort:        cliPort(c.Int("sips-port")),
+		SIPSCertFile:    c.Path("sips-cert-file"),
+		SIPSKeyFile:     c.Path("sips-key-file"),
+		EdgeMaxInFlight: c.Int("sip-max-inflight"),
+		ForeignDomain:   c.String("sip-foreign-domain"),
+
+		TURNPort:           cliPort(c.Int("turn-port")),
+		TURNMaxAllocations: c.Int("turn-max-allocations"),
+		TURNMaxPerUser:     c.Int("turn-max-per-user"),
+		TURNAllowLoopback:  c.Bool("turn-allow-loopback"),
 	}
-	// --sip-port, --sips-port and --turn-port are accepted (and validated)
-	// so scripts and config files can carry them already; superpeer.Config
-	// gets the fields with the SIP edge and TURN.
+	if _, err := fmt.Sscanf(c.String("turn-relay-ports"), "%d-%d", &cfg.RelayMinPort, &cfg.RelayMaxPort); err != nil ||
+		cfg.RelayMinPort < 1024 || cfg.RelayMaxPort > 65535 || cfg.RelayMinPort > cfg.RelayMaxPort {
+		return fmt.Errorf("--turn-relay-ports %q: want MIN-MAX within 1024-65535", c.String("turn-relay-ports"))
+	}
 	node, err := superpeer.New(cfg, log)
 	if err != nil {
 		return err

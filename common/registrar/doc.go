@@ -1,11 +1,22 @@
-// Package localsip is the ordinary-peer agent's registrar for the phone(s)
-// it serves on loopback (ARCHITECTURE.md §6, "Coupling"): REGISTER from the
-// phone becomes location contacts of the agent's user in the overlay,
-// stamped with this agent's Peer-ID and attachment, and the phone's flow
-// (transport and source address) is kept so common/siproute can reach it.
+// Package registrar is the RFC 3261 §10.3 registrar shared by the
+// ordinary-peer agent and the super peer's SIP edge (ARCHITECTURE.md §6):
+// REGISTER from a phone becomes location contacts of the user's AoR in the
+// overlay, and the phone's flow (transport and source address) is kept so
+// common/siproute can reach it (the Registrar is its siproute.Local).
 //
-// The in-memory binding table is the source of truth: Restore re-stores it
-// after the agent fails over to another super peer, and Run drops bindings
-// as they expire. The overlay record is written through Store, the agent's
-// authenticated session, so the record's owner is always the agent's user.
-package localsip
+// Two modes:
+//
+//   - Fixed user (the agent): Config.User is the one user, already
+//     authenticated by the agent's session; only sip:User@Overlay is
+//     accepted and contacts carry the agent's Peer-ID and attachment.
+//   - Many users (the SIP edge): Config.Authorize authenticates each
+//     REGISTER (digest) and names its user; the AoR's user must be that
+//     user. Contacts carry no Peer-ID, the edge's super peer as SP, and the
+//     phone's flow in Contact.Flow; DropFlow removes every binding of a
+//     TCP/TLS connection that closed.
+//
+// The in-memory binding table is the source of truth for this node's
+// bindings: Restore re-stores it (after an agent's failover), and Run drops
+// bindings as they expire (their overlay entries expire on their own).
+// Writes for one AoR are serialized; different AoRs proceed in parallel.
+package registrar

@@ -1,4 +1,4 @@
-package localsip
+package registrar
 
 import (
 	"context"
@@ -37,40 +37,62 @@ type update struct {
 }
 
 // HandleRegister is the REGISTER handler (siproute.Config.Register),
-// following RFC 3261 §10.3: the AoR must be sip:User@Overlay (else 403); a
-// REGISTER without Contact is a query; "*" with Expires: 0 removes every
-// binding this agent holds for the AoR; each contact's expiry is its
-// expires parameter, else the Expires header, else DefaultExpires, and must
-// be 0 or at least MinExpires (else 423), clamped to MaxExpires; a Call-ID
-// already bound with a CSeq not lower than the request's is refused (500).
-// The result is written to the overlay (503 with Retry-After when that
-// fails) and the 200 lists every live contact of the AoR.
+// following RFC 3261 §10.3: the AoR must be sip:User@Overlay (fixed user)
+// or, with Authorize, in the overlay and owned by the user Authorize
+// authenticated (else 403; Authorize's own refusal, e.g. a 401 challenge,
+// is sent as it is); a REGISTER without Contact is a query; "*" with
+// Expires: 0 removes every binding this node holds for the AoR; each
+// contact's expiry is its expires parameter, else the Expires header, else
+// DefaultExpires, and must be 0 or at least MinExpires (else 423), clamped
+// to MaxExpires; a Call-ID already bound with a CSeq not lower than the
+// request's is refused (500). The result is written to the overlay (503
+// with Retry-After when that fails) and the 200 lists every live contact
+// of the AoR. Nothing is written for a refused request.
 func (g *Registrar) HandleRegister(req *sip.Request, tx sip.ServerTransaction) {
-	g.write.Lock()
-	defer g.write.Unlock()
-	res, err := g.register(req)
-	if err != nil {
-		var re *regError
-		if !errors.As(err, &re) {
-			re = refuse(500, "Server Internal Error")
-		}
-		g.log.Info().Int("code", re.code).Str("reason", re.reason).Str("call_id", callID(req)).Msg("register refused")
-		res = sip.NewResponseFromRequest(req, re.code, re.reason, nil)
-		for _, h := range re.hdrs {
-			res.AppendHeader(h)
-		}
-	}
+	res := g.handle(req)
 	if err := tx.Respond(res); err != nil {
 		g.log.Debug().Err(err).Msg("register response not sent")
 	}
 }
 
-// register does the work; g.write is held.
-func (g *Registrar) register(req *sip.Request) (*sip.Response, error) {
-	now := g.cfg.Now()
-	if err := g.checkAOR(req); err != nil {
-		return nil, err
+func (g *Registrar) handle(req *sip.Request) *sip.Response {
+	aor, err := g.checkAOR(req)
+	user := g.cfg.User
+	if err == nil && g.cfg.Authorize != nil {
+		u, refusal := g.cfg.Authorize(req, aor)
+		switch {
+		case refusal != nil:
+			g.log.Debug().Int("code", refusal.StatusCode).Str("aor", aor).Str("call_id", callID(req)).Msg("register not authorized")
+			return refusal
+		case u == "" || ids.AORUser(aor) != u:
+			g.log.Info().Str("aor", aor).Str("user", u).Str("call_id", callID(req)).Msg("register for another user's aor refused")
+			err = refuse(403, "Forbidden")
+		}
+		user = u
 	}
+	var res *sip.Response
+	if err == nil {
+		unlock := g.locks.lock(aor)
+		res, err = g.register(req, aor, user)
+		unlock()
+	}
+	if err != nil {
+		var re *regError
+		if !errors.As(err, &re) {
+			re = refuse(500, "Server Internal Error")
+		}
+		g.log.Info().Int("code", re.code).Str("reason", re.reason).Str("aor", aor).Str("call_id", callID(req)).Msg("register refused")
+		res = sip.NewResponseFromRequest(req, re.code, re.reason, nil)
+		for _, h := range re.hdrs {
+			res.AppendHeader(h)
+		}
+	}
+	return res
+}
+
+// register does the work; the AoR's lock is held.
+func (g *Registrar) register(req *sip.Request, aor, user string) (*sip.Response, error) {
+	now := g.cfg.Now()
 	cid, cseq := req.CallID(), req.CSeq()
 	if cid == nil || cseq == nil || cseq.MethodName != sip.REGISTER {
 		return nil, refuse(400, "Missing Call-ID or CSeq")
@@ -91,41 +113,45 @@ func (g *Registrar) register(req *sip.Request) (*sip.Response, error) {
 		if len(contacts) != 1 || !hasHdrExp || hdrExp != 0 {
 			return nil, refuse(400, "Wildcard Contact Needs Expires: 0 Alone")
 		}
-		ups, err = g.removeAll(ctx, cid.Value(), cseq.SeqNo)
+		ups, err = g.removeAll(ctx, aor, user, cid.Value(), cseq.SeqNo)
 	case len(contacts) > 0:
-		ups, err = g.updates(ctx, req, contacts, hdrExp, hasHdrExp, now)
+		ups, err = g.updates(ctx, req, aor, user, contacts, hdrExp, hasHdrExp, now)
 	}
 	if err != nil {
 		return nil, err
 	}
 	if len(ups) > 0 {
-		if err := g.apply(ctx, ups, now); err != nil {
+		if err := g.apply(ctx, aor, user, ups, now); err != nil {
 			return nil, err
 		}
 	}
-	return g.ok(ctx, req, now), nil
+	return g.ok(ctx, req, aor, now), nil
 }
 
-// checkAOR: the To URI must be this agent's user in the overlay.
-func (g *Registrar) checkAOR(req *sip.Request) error {
+// checkAOR returns the normalized AoR of the To URI: this agent's user in
+// the overlay (fixed user), or any AoR of the overlay.
+func (g *Registrar) checkAOR(req *sip.Request) (string, error) {
 	to := req.To()
 	if to == nil {
-		return refuse(400, "Missing To")
+		return "", refuse(400, "Missing To")
 	}
 	if hasControl(to.Value()) || hasControl(req.Recipient.String()) {
-		return refuse(400, "Bad Request")
+		return "", refuse(400, "Bad Request")
 	}
 	if to.Address.Scheme != "sip" && to.Address.Scheme != "sips" && to.Address.Scheme != "" {
-		return refuse(400, "Not a SIP AoR")
+		return "", refuse(400, "Not a SIP AoR")
 	}
 	aor, err := ids.NormalizeAOR("sip:" + to.Address.User + "@" + to.Address.Host)
 	if err != nil {
-		return refuse(400, "Bad AoR")
+		return "", refuse(400, "Bad AoR")
 	}
-	if aor != g.aor {
-		return refuse(403, "Forbidden")
+	switch {
+	case g.aor != "" && aor != g.aor:
+		return aor, refuse(403, "Forbidden")
+	case !strings.EqualFold(ids.AORHost(aor), g.cfg.Overlay):
+		return aor, refuse(403, "Not Our Domain")
 	}
-	return nil
+	return aor, nil
 }
 
 // contactsOf returns the Contact values; wildcard reports a "*" among them.
@@ -158,7 +184,7 @@ func expiresHeader(req *sip.Request) (time.Duration, bool, error) {
 
 // updates turns the Contact list into binding updates, refusing the whole
 // request on the first bad contact (nothing is written then).
-func (g *Registrar) updates(ctx context.Context, req *sip.Request, contacts []*sip.ContactHeader,
+func (g *Registrar) updates(ctx context.Context, req *sip.Request, aor, user string, contacts []*sip.ContactHeader,
 	hdrExp time.Duration, hasHdrExp bool, now time.Time) ([]update, error) {
 	callID, cseq := req.CallID().Value(), req.CSeq().SeqNo
 	var stored *record.Record // fetched at most once, for removals we hold no binding for
@@ -169,9 +195,9 @@ func (g *Registrar) updates(ctx context.Context, req *sip.Request, contacts []*s
 		if err != nil {
 			return nil, err
 		}
-		u.b.callID, u.b.cseq = callID, cseq
+		u.b.aor, u.b.user, u.b.callID, u.b.cseq = aor, user, callID, cseq
 		u.b.transport, u.b.source = req.Transport(), req.Source()
-		u.prev = g.current(u.b.key, now)
+		u.prev = g.current(aor, u.b.key, now)
 		if p := u.prev; p != nil && p.callID == callID && cseq <= p.cseq {
 			return nil, refuse(500, "Out of Order CSeq")
 		}
@@ -182,7 +208,7 @@ func (g *Registrar) updates(ctx context.Context, req *sip.Request, contacts []*s
 			}
 		} else if u.prev == nil {
 			if stored == nil {
-				stored = g.fetch(ctx)
+				stored = g.fetch(ctx, aor)
 			}
 			if e := findLive(stored, u.b.key, now); e != nil {
 				u.removed = e
@@ -192,7 +218,7 @@ func (g *Registrar) updates(ctx context.Context, req *sip.Request, contacts []*s
 		}
 		ups = append(ups, u)
 	}
-	if g.count(now)+added > g.cfg.MaxBindings {
+	if g.count(aor, now)+added > g.cfg.MaxBindings {
 		return nil, refuse(403, "Too Many Bindings")
 	}
 	return ups, nil
@@ -208,6 +234,11 @@ func (g *Registrar) parseContact(c *sip.ContactHeader, hdrExp time.Duration, has
 	m, hp, ok := matchKeys(uri)
 	if !ok {
 		return u, refuse(400, "Bad Contact URI")
+	}
+	if strings.EqualFold(c.Address.Host, g.cfg.Overlay) {
+		// A contact in the overlay's own domain would make this node
+		// deliver requests for other AoRs (matched by Flow) to the phone.
+		return u, refuse(403, "Contact In Overlay Domain")
 	}
 	u.b.uri, u.b.match, u.b.hostport = uri, m, hp
 	switch v, ok := c.Params.Get("expires"); {
@@ -255,15 +286,15 @@ func (g *Registrar) parseContact(c *sip.ContactHeader, hdrExp time.Duration, has
 	return u, nil
 }
 
-// removeAll handles "Contact: *": every binding this agent holds for the
+// removeAll handles "Contact: *": every binding this node holds for the
 // AoR, including ones stored by an earlier run of it that the table no
-// longer knows. Bindings of the same user at other agents are theirs.
-func (g *Registrar) removeAll(ctx context.Context, callID string, cseq uint32) ([]update, error) {
+// longer knows. Bindings of the same user at other nodes are theirs.
+func (g *Registrar) removeAll(ctx context.Context, aor, user, callID string, cseq uint32) ([]update, error) {
 	now := g.cfg.Now()
 	var ups []update
 	held := make(map[string]bool)
 	g.mu.Lock()
-	for _, b := range g.bindings {
+	for _, b := range g.tab.byAOR[aor] {
 		if !b.expires.After(now) {
 			continue
 		}
@@ -272,25 +303,26 @@ func (g *Registrar) removeAll(ctx context.Context, callID string, cseq uint32) (
 			return nil, refuse(500, "Out of Order CSeq")
 		}
 		held[b.key] = true
-		ups = append(ups, update{b: binding{key: b.key, uri: b.uri, callID: callID, cseq: cseq}, prev: b})
+		prev := *b
+		ups = append(ups, update{b: binding{aor: aor, user: user, key: b.key, uri: b.uri, callID: callID, cseq: cseq}, prev: &prev})
 	}
 	g.mu.Unlock()
-	if rec := g.fetch(ctx); rec != nil {
+	if rec := g.fetch(ctx, aor); rec != nil {
 		for i := range rec.Entries {
 			e := &rec.Entries[i]
-			if e.Removed || e.Contact == nil || e.Contact.PeerID != g.cfg.Self || held[e.Key] || e.Expires <= now.Unix() {
+			if e.Removed || e.Contact == nil || !g.ours(e.Contact) || held[e.Key] || e.Expires <= now.Unix() {
 				continue
 			}
-			ups = append(ups, update{b: binding{key: e.Key, uri: e.Contact.URI, callID: callID, cseq: cseq}, removed: e})
+			ups = append(ups, update{b: binding{aor: aor, user: user, key: e.Key, uri: e.Contact.URI, callID: callID, cseq: cseq}, removed: e})
 		}
 	}
 	return ups, nil
 }
 
 // apply writes the updates to the overlay, then to the table.
-func (g *Registrar) apply(ctx context.Context, ups []update, now time.Time) error {
+func (g *Registrar) apply(ctx context.Context, aor, user string, ups []update, now time.Time) error {
 	att := g.cfg.Attachment()
-	rec := &record.Record{Kind: record.KindLocation, Name: g.aor}
+	rec := &record.Record{Kind: record.KindLocation, Name: aor}
 	for i := range ups {
 		u := &ups[i]
 		var prev *record.Entry
@@ -316,11 +348,11 @@ func (g *Registrar) apply(ctx context.Context, ups []update, now time.Time) erro
 		}
 		rec.Entries = append(rec.Entries, record.Entry{
 			Key: u.b.key, CallID: u.b.callID, CSeq: u.b.cseq, Version: u.b.version,
-			Expires: exp, Removed: true, Writer: g.cfg.User,
+			Expires: exp, Removed: true, Writer: user,
 		})
 	}
-	if err := g.cfg.Store.Put(ctx, rec); err != nil {
-		g.log.Warn().Err(err).Msg("location store failed")
+	if err := g.cfg.Store.Put(ctx, user, rec); err != nil {
+		g.log.Warn().Err(err).Str("aor", aor).Msg("location store failed")
 		return refuse(503, "Service Unavailable",
 			sip.NewHeader("Retry-After", strconv.Itoa(int(g.cfg.RetryAfter/time.Second))))
 	}
@@ -330,15 +362,14 @@ func (g *Registrar) apply(ctx context.Context, ups []update, now time.Time) erro
 		u := &ups[i]
 		if u.exp > 0 {
 			b := u.b
-			g.bindings[b.key] = &b
+			g.tab.put(&b)
 			if u.prev == nil {
-				g.log.Info().Str("contact", b.uri).Str("flow", b.transport+" "+b.source).Dur("expires", u.exp).Msg("binding added")
+				g.log.Debug().Str("aor", aor).Str("contact", b.uri).Str("flow", b.flow()).Dur("expires", u.exp).Msg("binding added")
 			}
 			continue
 		}
-		if _, ok := g.bindings[u.b.key]; ok {
-			delete(g.bindings, u.b.key)
-			g.log.Info().Str("contact", u.b.uri).Msg("binding removed")
+		if g.tab.del(aor, u.b.key) != nil {
+			g.log.Debug().Str("aor", aor).Str("contact", u.b.uri).Msg("binding removed")
 		}
 	}
 	return nil
@@ -346,14 +377,14 @@ func (g *Registrar) apply(ctx context.Context, ups []update, now time.Time) erro
 
 // ok builds the 200: every live contact of the AoR as the overlay has it
 // after the write (other agents' too), or this agent's when the read fails.
-func (g *Registrar) ok(ctx context.Context, req *sip.Request, now time.Time) *sip.Response {
+func (g *Registrar) ok(ctx context.Context, req *sip.Request, aor string, now time.Time) *sip.Response {
 	res := sip.NewResponseFromRequest(req, 200, "OK", nil)
 	type contact struct {
 		uri string
 		exp int64
 	}
 	var list []contact
-	if rec := g.fetch(ctx); rec != nil {
+	if rec := g.fetch(ctx, aor); rec != nil {
 		for _, e := range rec.Live(now).Entries {
 			if e.Contact != nil {
 				list = append(list, contact{e.Contact.URI, e.Expires - now.Unix()})
@@ -361,7 +392,7 @@ func (g *Registrar) ok(ctx context.Context, req *sip.Request, now time.Time) *si
 		}
 	} else {
 		g.mu.Lock()
-		for _, b := range g.bindings {
+		for _, b := range g.tab.byAOR[aor] {
 			if b.expires.After(now) {
 				list = append(list, contact{b.uri, int64(b.expires.Sub(now) / time.Second)})
 			}
@@ -381,10 +412,10 @@ func (g *Registrar) ok(ctx context.Context, req *sip.Request, now time.Time) *si
 }
 
 // fetch reads the AoR's record; nil when it cannot (logged).
-func (g *Registrar) fetch(ctx context.Context) *record.Record {
-	rec, err := g.cfg.Store.Get(ctx, g.aor)
+func (g *Registrar) fetch(ctx context.Context, aor string) *record.Record {
+	rec, err := g.cfg.Store.Get(ctx, aor)
 	if err != nil {
-		g.log.Debug().Err(err).Msg("location read failed")
+		g.log.Debug().Err(err).Str("aor", aor).Msg("location read failed")
 		return nil
 	}
 	return rec
@@ -403,21 +434,21 @@ func findLive(rec *record.Record, key string, now time.Time) *record.Entry {
 }
 
 // current returns the live binding for key.
-func (g *Registrar) current(key string, now time.Time) *binding {
+func (g *Registrar) current(aor, key string, now time.Time) *binding {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if b := g.bindings[key]; b != nil && b.expires.After(now) {
+	if b := g.tab.get(aor, key); b != nil && b.expires.After(now) {
 		c := *b
 		return &c
 	}
 	return nil
 }
 
-func (g *Registrar) count(now time.Time) int {
+func (g *Registrar) count(aor string, now time.Time) int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	n := 0
-	for _, b := range g.bindings {
+	for _, b := range g.tab.byAOR[aor] {
 		if b.expires.After(now) {
 			n++
 		}

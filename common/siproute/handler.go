@@ -80,6 +80,13 @@ func (r *Router) handleRequest(req *sip.Request, tx sip.ServerTransaction, from 
 		r.reply(req, tx, d.code, d.reason)
 		return
 	}
+	if res := r.admit(req, from, d.to); res != nil {
+		r.stats.rejected.Add(1)
+		if err := tx.Respond(res); err != nil {
+			r.log.Debug().Err(err).Int("code", res.StatusCode).Msg("respond failed")
+		}
+		return
+	}
 	r.proxy(req, in, tx, from, d.targets)
 }
 
@@ -97,6 +104,10 @@ func (r *Router) handleAck(req *sip.Request, from origin) {
 		r.log.Debug().Str("call_id", callID(req)).Int("code", d.code).Msg("ack dropped: no route")
 		return
 	}
+	if res := r.admit(req, from, d.to); res != nil {
+		r.log.Debug().Str("call_id", callID(req)).Int("code", res.StatusCode).Msg("ack dropped: not admitted")
+		return
+	}
 	t := d.targets[0]
 	if t.uri != nil {
 		in.Recipient = *t.uri
@@ -110,6 +121,15 @@ func (r *Router) handleAck(req *sip.Request, from origin) {
 		return
 	}
 	r.stats.forward(string(sip.ACK))
+}
+
+// admit asks Config.Admit about a request from the phone side; nil lets
+// it through.
+func (r *Router) admit(req *sip.Request, from origin, to Target) *sip.Response {
+	if r.cfg.Admit == nil || from.tunnel() {
+		return nil
+	}
+	return r.cfg.Admit(req, to)
 }
 
 // looped reports a request that already passed this node. Overlay routing

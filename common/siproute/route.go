@@ -41,11 +41,46 @@ type target struct {
 	addr      string
 }
 
-// decision is the outcome of routing: targets, or a status to answer.
+// decision is the outcome of routing: targets (of one kind), or a status
+// to answer.
 type decision struct {
 	targets []target
+	to      Target
 	code    int
 	reason  string
+}
+
+// Target is the kind of destination routing chose for a request; Admit
+// hooks decide on it.
+type Target int
+
+// Targets.
+const (
+	// ToOverlay: an AoR of the overlay, looked up and forked to its
+	// contacts.
+	ToOverlay Target = iota + 1
+	// ToLocal: a phone registered at this node, named by its contact (a
+	// dialog's Request-URI).
+	ToLocal
+	// ToPeer: an overlay node named by a p2p Route (within a dialog).
+	ToPeer
+	// ToRoute: a plain SIP host named by a Route header, outside the
+	// overlay.
+	ToRoute
+)
+
+func (t Target) String() string {
+	switch t {
+	case ToOverlay:
+		return "overlay"
+	case ToLocal:
+		return "local"
+	case ToPeer:
+		return "peer"
+	case ToRoute:
+		return "route"
+	}
+	return "none"
 }
 
 func reject(code int, reason string) decision { return decision{code: code, reason: reason} }
@@ -64,7 +99,7 @@ func reject(code int, reason string) decision { return decision{code: code, reas
 //     this node, never sent back into the overlay (no loops, no fourth
 //     hop).
 //  5. Anything else: 404 from the tunnel; from a phone, OPTIONS to us is
-//     answered 200 and other domains get 403.
+//     answered 200 and other domains get Config.ForeignDomain (403).
 //
 // in is modified (Route headers removed); it must be the router's own clone.
 func (r *Router) route(ctx context.Context, in *sip.Request, from origin) decision {
@@ -76,7 +111,7 @@ func (r *Router) route(ctx context.Context, in *sip.Request, from origin) decisi
 	}
 	uri := &in.Recipient
 	if tp, addr, ok := r.cfg.Local.Flow(uri.String()); ok {
-		return decision{targets: []target{{transport: tp, addr: addr}}}
+		return decision{targets: []target{{transport: tp, addr: addr}}, to: ToLocal}
 	}
 	if r.inOverlay(uri) {
 		return r.lookup(ctx, uri, from)
@@ -89,6 +124,9 @@ func (r *Router) route(ctx context.Context, in *sip.Request, from origin) decisi
 			return reject(200, "OK")
 		}
 		return reject(405, "Method Not Allowed")
+	}
+	if r.cfg.ForeignDomain == 404 {
+		return reject(404, "Not Found")
 	}
 	return reject(403, "Forbidden")
 }
@@ -112,7 +150,7 @@ func (r *Router) routeNext(u *sip.Uri) decision {
 		if err != nil || p == r.cfg.Self {
 			return reject(400, "Bad p2p Route")
 		}
-		return decision{targets: []target{{peer: p}}}
+		return decision{targets: []target{{peer: p}}, to: ToPeer}
 	}
 	if isFake(u.Host) {
 		return reject(403, "Forbidden Route")
@@ -122,7 +160,7 @@ func (r *Router) routeNext(u *sip.Uri) decision {
 	if port == 0 {
 		port = sip.DefaultPort(tp)
 	}
-	return decision{targets: []target{{transport: tp, addr: net.JoinHostPort(u.Host, strconv.Itoa(port))}}}
+	return decision{targets: []target{{transport: tp, addr: net.JoinHostPort(u.Host, strconv.Itoa(port))}}, to: ToRoute}
 }
 
 // transportOf is the sipgo transport a URI asks for: its transport
@@ -158,7 +196,7 @@ func (r *Router) lookup(ctx context.Context, uri *sip.Uri, from origin) decision
 		r.log.Warn().Err(err).Str("aor", aor).Msg("location lookup failed")
 		return reject(480, "Temporarily Unavailable")
 	}
-	var d decision
+	d := decision{to: ToOverlay}
 	seen := make(map[string]bool, len(contacts))
 	for _, c := range contacts {
 		u := new(sip.Uri)

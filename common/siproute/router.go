@@ -77,6 +77,18 @@ type Config struct {
 	// Register handles REGISTER from local phones (the registrar); nil
 	// answers 405. REGISTER from the tunnel is always refused (403).
 	Register func(req *sip.Request, tx sip.ServerTransaction)
+	// Admit, if set, vets every other request from the phone side (not
+	// from the tunnel) once routing has chosen its target and before
+	// anything is sent: nil lets it through, a response is sent instead
+	// (e.g. a 407 challenge); an ACK that is not let through is dropped.
+	// It runs on the request's handler goroutine, must be safe for
+	// concurrent use, and must not modify req. The SIP edge uses it for
+	// its authentication policy; nil admits everything.
+	Admit func(req *sip.Request, to Target) *sip.Response
+	// ForeignDomain is the status for a request from a phone whose
+	// Request-URI is neither in the overlay nor a phone or node here: 403
+	// (also for 0) or 404.
+	ForeignDomain int
 
 	// LookupTimeout bounds one Locator.Lookup; 0 means 5s.
 	LookupTimeout time.Duration
@@ -181,8 +193,24 @@ func (r *Router) Stats() Stats { return r.stats.snapshot() }
 // Serve serves the phone side on udp and tcp (either may be nil) and the
 // tunnel side until ctx ends or a listener fails. It closes the sockets it
 // was given, ends every transaction, waits for every handler, and closes
-// the UA if it built it. It can be called once.
+// the UA if it built it. It can be called once (Serve or ServeAll).
 func (r *Router) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener) error {
+	return r.ServeAll(ctx, Listeners{UDP: udp, TCP: tcp})
+}
+
+// Listeners are the phone-side sockets ServeAll serves; nil ones are
+// skipped. TLS must be a crypto/tls listener (sipgo does no handshake of
+// its own). Its connections share sipgo's "TLS" transport with the tunnel,
+// whose fake addresses lie in 100.64.0.0/10: the caller must refuse phones
+// connecting from that prefix, or one could pass for an overlay peer.
+type Listeners struct {
+	UDP net.PacketConn
+	TCP net.Listener
+	TLS net.Listener
+}
+
+// ServeAll is Serve with a TLS listener as well.
+func (r *Router) ServeAll(ctx context.Context, ls Listeners) error {
 	r.mu.Lock()
 	if r.state != 0 {
 		r.mu.Unlock()
@@ -207,16 +235,19 @@ func (r *Router) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener
 			return fmt.Errorf("siproute: serve %s: %w", name, err)
 		})
 	}
-	if udp != nil {
-		serve("udp "+udp.LocalAddr().String(), func() error { return r.srv.ServeUDP(udp) })
+	if ls.UDP != nil {
+		serve("udp "+ls.UDP.LocalAddr().String(), func() error { return r.srv.ServeUDP(ls.UDP) })
 	}
-	if tcp != nil {
-		serve("tcp "+tcp.Addr().String(), func() error { return r.srv.ServeTCP(tcp) })
+	if ls.TCP != nil {
+		serve("tcp "+ls.TCP.Addr().String(), func() error { return r.srv.ServeTCP(ls.TCP) })
+	}
+	if ls.TLS != nil {
+		serve("tls "+ls.TLS.Addr().String(), func() error { return r.srv.ServeTLS(ls.TLS) })
 	}
 	serve("tunnel", func() error { return r.srv.ServeTLS(r.tun) })
 	g.Go(func() error {
 		<-gctx.Done()
-		r.shutdown(udp, tcp)
+		r.shutdown(ls)
 		return nil
 	})
 	r.log.Info().Str("rr", r.recordRoute().Value()).Msg("sip router serving")
@@ -229,15 +260,18 @@ func (r *Router) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener
 // handlers and waits for them, closes the UA (which ends every transaction,
 // then closes sipgo's pooled connections) and last the tunnel connections
 // sipgo never adopted.
-func (r *Router) shutdown(udp net.PacketConn, tcp net.Listener) {
+func (r *Router) shutdown(ls Listeners) {
 	r.mu.Lock()
 	r.state = 2
 	r.mu.Unlock()
-	if udp != nil {
-		udp.Close()
+	if ls.UDP != nil {
+		ls.UDP.Close()
 	}
-	if tcp != nil {
-		tcp.Close()
+	if ls.TCP != nil {
+		ls.TCP.Close()
+	}
+	if ls.TLS != nil {
+		ls.TLS.Close()
 	}
 	r.tun.stop()
 	r.stop()

@@ -29,6 +29,8 @@ type SuperPeerInfo struct {
 	PeerAddr string     `cbor:"2,keyasint" json:"peer_addr"`
 	Load     uint32     `cbor:"3,keyasint,omitempty" json:"load"`
 	Capacity uint32     `cbor:"4,keyasint,omitempty" json:"capacity"`
+	// TURNAddr is its STUN/TURN address (UDP and TCP), if it runs one.
+	TURNAddr string `cbor:"5,keyasint,omitempty" json:"turn_addr,omitempty"`
 }
 
 // AttachResult answers Attach. A full super peer answers an Error

@@ -71,6 +71,9 @@ func (o *Overlay) FastConfig() superpeer.Config {
 		Secret:     o.Secret,
 		Bind:       "127.0.0.1",
 		GossipPort: -1,
+		SIPPort:    -1,
+		SIPSPort:   -1,
+		TURNPort:   -1,
 		Admin:      "off",
 		// Short enough for quick failure detection (about 2–3 s), long
 		// enough not to suspect healthy members on a loaded 2-core CI

@@ -21,6 +21,8 @@ type Status struct {
 	Failovers    int        `json:"failovers"`
 	LastReattach string     `json:"last_reattach,omitempty"`
 	Bindings     int        `json:"bindings"`
+	NAT          any        `json:"nat,omitempty"`
+	NATError     string     `json:"nat_error,omitempty"`
 	SIP          any        `json:"sip"`
 }
 
@@ -34,6 +36,11 @@ func (a *Agent) Status() Status {
 	}
 	if a.reg != nil {
 		st.Bindings = a.reg.Bindings()
+	}
+	if res, err := a.nat.get(); res != nil {
+		st.NAT = res
+	} else {
+		st.NATError = err
 	}
 	if a.router != nil {
 		st.SIP = a.router.Stats()

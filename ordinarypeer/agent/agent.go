@@ -23,9 +23,9 @@ import (
 	"github.com/p2psip/p2psip/common/auth"
 	"github.com/p2psip/p2psip/common/ids"
 	"github.com/p2psip/p2psip/common/record"
+	"github.com/p2psip/p2psip/common/registrar"
 	"github.com/p2psip/p2psip/common/siproute"
 	"github.com/p2psip/p2psip/common/wire"
-	"github.com/p2psip/p2psip/ordinarypeer/localsip"
 	"github.com/p2psip/p2psip/ordinarypeer/uplink"
 )
 
@@ -69,11 +69,12 @@ type Agent struct {
 	log    zerolog.Logger
 	self   ids.PeerID
 	up     *uplink.Uplink
-	reg    *localsip.Registrar
+	reg    *registrar.Registrar
 	router *siproute.Router
 	udp    net.PacketConn
 	tcp    net.Listener
 	user   string
+	nat    natState
 }
 
 // New builds the agent and binds its local SIP sockets (so the router's
@@ -126,7 +127,7 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 	}
 	host, portStr, _ := net.SplitHostPort(tcpOrUDPAddr(a.udp, a.tcp))
 	port, _ := strconv.Atoi(portStr)
-	a.reg, err = localsip.New(localsip.Config{
+	a.reg, err = registrar.New(registrar.Config{
 		Self: a.self, User: a.user, Overlay: cfg.Overlay, Store: store{a}, Attachment: a.attachment,
 		Log: a.log,
 	})
@@ -166,7 +167,7 @@ func (a *Agent) Uplink() *uplink.Uplink { return a.up }
 func (a *Agent) Router() *siproute.Router { return a.router }
 
 // Registrar exposes the phone bindings (tests, status).
-func (a *Agent) Registrar() *localsip.Registrar { return a.reg }
+func (a *Agent) Registrar() *registrar.Registrar { return a.reg }
 
 // Run serves until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
@@ -223,14 +224,15 @@ func (a *Agent) tunnel(f *wire.Frame) {
 	a.router.Deliver(f.Src, f.Via, f.Hops, f.Body)
 }
 
-func (a *Agent) attachment() localsip.Attachment {
+func (a *Agent) attachment() registrar.Attachment {
 	att, _ := a.up.Attachment()
-	return localsip.Attachment{SP: att.SP, SPAddr: att.SPAddr}
+	return registrar.Attachment{SP: att.SP, SPAddr: att.SPAddr}
 }
 
 // attached re-stores the peer record and every phone contact with the new
 // attachment, so routing to this agent works at once after a failover.
 func (a *Agent) attached(ctx context.Context, att uplink.Attachment) {
+	a.discoverNAT(ctx, att)
 	if err := a.storePeerRecord(ctx); err != nil {
 		a.log.Warn().Err(err).Msg("store peer record")
 	}
@@ -254,7 +256,7 @@ func (a *Agent) storePeerRecord(ctx context.Context) error {
 	now := time.Now()
 	rec := &record.Record{Kind: record.KindPeer, Name: a.self.String(), Entries: []record.Entry{{
 		Key: record.PeerKey, Version: uint64(now.UnixNano()), Expires: now.Add(peerRecordTTL).Unix(),
-		Peer: &record.PeerInfo{PeerID: a.self, SP: att.SP, SPAddr: att.SPAddr},
+		Peer: a.peerInfo(att),
 	}}}
 	_, err = s.Put(ctx, rec)
 	return err
@@ -278,7 +280,7 @@ func (a *Agent) refreshPeerRecord(ctx context.Context) error {
 // store adapts the uplink session to the registrar's Store.
 type store struct{ a *Agent }
 
-func (s store) Put(ctx context.Context, rec *record.Record) error {
+func (s store) Put(ctx context.Context, _ string, rec *record.Record) error {
 	sess, err := s.a.up.Session(ctx)
 	if err != nil {
 		return err
@@ -313,4 +315,18 @@ func (l locator) Lookup(ctx context.Context, aor string) ([]record.Contact, erro
 		}
 	}
 	return out, nil
+}
+
+// peerInfo is this agent's peer record payload: where it is attached and
+// what its NAT looks like.
+func (a *Agent) peerInfo(att uplink.Attachment) *record.PeerInfo {
+	p := &record.PeerInfo{PeerID: a.self, SP: att.SP, SPAddr: att.SPAddr}
+	if res, _ := a.nat.get(); res != nil {
+		p.Reflexive = res.Reflexive
+		p.NAT = res.Mapping.String()
+		if !res.Behind {
+			p.NAT = "none"
+		}
+	}
+	return p
 }

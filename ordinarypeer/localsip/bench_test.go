@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/p2psip/p2psip/e2e/harness/phone"
 )
 
 // BenchmarkRouterCall measures one whole call (INVITE, 180, 200, ACK, BYE,
@@ -16,8 +18,8 @@ func BenchmarkRouterCall(b *testing.B) {
 	_, a, c := twoAgents(b)
 	alice := newPhone(b, "alice", "alice", a, false)
 	bob := newPhone(b, "bob", "bob", c, false)
-	bob.setBehaviour(answer(0, 200))
-	mustRegister(b, bob)
+	bob.SetBehaviour(phone.Answer(0, 200))
+	phone.MustRegister(b, bob)
 	frames := func() uint64 { return a.router.Stats().TunnelOut + c.router.Stats().TunnelOut }
 	benchCalls(b, alice, aorURI("bob"), frames)
 }
@@ -27,13 +29,13 @@ func BenchmarkRouterCall(b *testing.B) {
 func BenchmarkDirectCall(b *testing.B) {
 	alice := newPhone(b, "alice", "alice", nil, false)
 	bob := newPhone(b, "bob", "bob", nil, false)
-	bob.setBehaviour(answer(0, 200))
-	benchCalls(b, alice, bob.contact.Address, nil)
+	bob.SetBehaviour(phone.Answer(0, 200))
+	benchCalls(b, alice, bob.Contact.Address, nil)
 }
 
 // benchCalls runs calls one after the other ("serial": latency) and 16 at
 // a time ("parallel": throughput). frames, if set, counts tunnel frames.
-func benchCalls(b *testing.B, caller *phone, to sip.Uri, frames func() uint64) {
+func benchCalls(b *testing.B, caller *phone.Phone, to sip.Uri, frames func() uint64) {
 	perCall := func(b *testing.B, before uint64) {
 		if frames != nil {
 			b.ReportMetric(float64(frames()-before)/float64(b.N), "frames/call")
@@ -68,10 +70,10 @@ func benchCalls(b *testing.B, caller *phone, to sip.Uri, frames func() uint64) {
 	})
 }
 
-func benchCall(b *testing.B, caller *phone, to sip.Uri) {
+func benchCall(b *testing.B, caller *phone.Phone, to sip.Uri) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if codes, err := caller.call(ctx, to); err != nil {
+	if codes, err := caller.Call(ctx, to); err != nil {
 		b.Fatalf("call: %v %v", err, codes)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/p2psip/p2psip/common/siproute"
+	"github.com/p2psip/p2psip/e2e/harness/phone"
 )
 
 // twoAgents: alice behind agent A (super peer 1), bob behind agent B (super
@@ -32,13 +33,13 @@ func TestCallAcrossAgents(t *testing.T) {
 			o, a, b := twoAgents(t)
 			alice := newPhone(t, "alice", "alice", a, tc.callerTCP)
 			bob := newPhone(t, "bob", "bob", b, tc.calleeTCP)
-			mustRegister(t, alice)
-			mustRegister(t, bob)
+			phone.MustRegister(t, alice)
+			phone.MustRegister(t, bob)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 
 			if !tc.calleeHangsUp {
-				codes, err := alice.call(ctx, aorURI("bob"))
+				codes, err := alice.Call(ctx, aorURI("bob"))
 				if err != nil {
 					t.Fatalf("call: %v (responses %v)", err, codes)
 				}
@@ -47,20 +48,20 @@ func TestCallAcrossAgents(t *testing.T) {
 				}
 			} else {
 				hangup := make(chan error, 1)
-				bob.setBehaviour(func(p *phone, req *sip.Request, tx sip.ServerTransaction) {
-					d, err := p.answers.ReadInvite(req, tx)
+				bob.SetBehaviour(func(p *phone.Phone, req *sip.Request, tx sip.ServerTransaction) {
+					d, err := p.Answers.ReadInvite(req, tx)
 					if err != nil {
 						hangup <- err
 						return
 					}
 					d.Respond(180, "Ringing", nil) //nolint:errcheck
-					if err := d.RespondSDP(sdp); err != nil {
+					if err := d.RespondSDP(phone.SDP); err != nil {
 						hangup <- err
 						return
 					}
 					hangup <- d.Bye(ctx)
 				})
-				s, err := alice.invite(ctx, aorURI("bob"))
+				s, err := alice.Invite(ctx, aorURI("bob"))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -73,12 +74,12 @@ func TestCallAcrossAgents(t *testing.T) {
 				if err := <-hangup; err != nil {
 					t.Fatalf("callee BYE: %v", err)
 				}
-				eventually(t, 5*time.Second, "caller got BYE", func() bool { return alice.byes.Load() == 1 })
+				eventually(t, 5*time.Second, "caller got BYE", func() bool { return alice.Byes.Load() == 1 })
 				s.Close()
 			}
 
-			eventually(t, 5*time.Second, "callee got ACK", func() bool { return bob.acks.Load() == 1 })
-			inv := bob.lastInv.Load()
+			eventually(t, 5*time.Second, "callee got ACK", func() bool { return bob.Acks.Load() == 1 })
+			inv := bob.LastInvite()
 			rrs := inv.GetHeaders("Record-Route")
 			if len(rrs) != 2 || !strings.Contains(rrs[0].Value(), b.id.String()) || !strings.Contains(rrs[1].Value(), a.id.String()) {
 				t.Errorf("callee's INVITE Record-Route = %v, want B's then A's", rrs)

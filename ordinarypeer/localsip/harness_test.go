@@ -17,8 +17,8 @@ import (
 
 	"github.com/p2psip/p2psip/common/ids"
 	"github.com/p2psip/p2psip/common/record"
+	"github.com/p2psip/p2psip/common/registrar"
 	"github.com/p2psip/p2psip/common/siproute"
-	"github.com/p2psip/p2psip/ordinarypeer/localsip"
 )
 
 const overlay = "example.net"
@@ -127,7 +127,9 @@ func (o *overlayNet) Lookup(_ context.Context, aor string) ([]record.Contact, er
 // store is one agent's Store (its session).
 type store struct{ o *overlayNet }
 
-func (s store) Put(_ context.Context, rec *record.Record) error { return s.o.put(rec.Clone()) }
+func (s store) Put(_ context.Context, _ string, rec *record.Record) error {
+	return s.o.put(rec.Clone())
+}
 func (s store) Get(_ context.Context, aor string) (*record.Record, error) {
 	return s.o.get(aor)
 }
@@ -168,7 +170,7 @@ type agent struct {
 	id, sp ids.PeerID
 	user   string
 	router *siproute.Router
-	reg    *localsip.Registrar
+	reg    *registrar.Registrar
 	port   int
 }
 
@@ -203,7 +205,7 @@ func listenPair(t testing.TB) (net.PacketConn, net.Listener) {
 	return nil, nil
 }
 
-type agentOpt func(*siproute.Config, *localsip.Config)
+type agentOpt func(*siproute.Config, *registrar.Config)
 
 // startAgent runs an agent for user behind super peer sp until the test
 // ends.
@@ -213,9 +215,9 @@ func (o *overlayNet) startAgent(t testing.TB, user string, sp ids.PeerID, opts .
 	a := &agent{id: newPeerID(), sp: sp, user: user}
 	udp, tcp := listenPair(t)
 	a.port = tcp.Addr().(*net.TCPAddr).Port
-	rcfg := localsip.Config{
+	rcfg := registrar.Config{
 		Self: a.id, User: user, Overlay: overlay, Store: store{o},
-		Attachment: func() localsip.Attachment { return localsip.Attachment{SP: sp, SPAddr: "198.51.100.1:6084"} },
+		Attachment: func() registrar.Attachment { return registrar.Attachment{SP: sp, SPAddr: "198.51.100.1:6084"} },
 		Log:        log,
 	}
 	scfg := siproute.Config{
@@ -226,7 +228,7 @@ func (o *overlayNet) startAgent(t testing.TB, user string, sp ids.PeerID, opts .
 		f(&scfg, &rcfg)
 	}
 	var err error
-	if a.reg, err = localsip.New(rcfg); err != nil {
+	if a.reg, err = registrar.New(rcfg); err != nil {
 		t.Fatal(err)
 	}
 	scfg.Local, scfg.Register = a.reg, a.reg.HandleRegister

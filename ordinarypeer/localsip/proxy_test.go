@@ -11,6 +11,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/p2psip/p2psip/common/record"
+	"github.com/p2psip/p2psip/e2e/harness/phone"
 )
 
 // TestCallSameAgent: a phone calls the AoR of another phone behind the
@@ -20,14 +21,14 @@ func TestCallSameAgent(t *testing.T) {
 	a := o.startAgent(t, "alice", newPeerID())
 	desk := newPhone(t, "desk", "alice", a, false) // not registered: uses the agent as outbound proxy only
 	soft := newPhone(t, "soft", "alice", a, true)
-	mustRegister(t, soft)
+	phone.MustRegister(t, soft)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	codes, err := desk.call(ctx, aorURI("alice"))
+	codes, err := desk.Call(ctx, aorURI("alice"))
 	if err != nil {
 		t.Fatalf("call: %v %v", err, codes)
 	}
-	eventually(t, 5*time.Second, "ACK and BYE at the callee", func() bool { return soft.acks.Load() == 1 && soft.byes.Load() == 1 })
+	eventually(t, 5*time.Second, "ACK and BYE at the callee", func() bool { return soft.Acks.Load() == 1 && soft.Byes.Load() == 1 })
 	eventually(t, 5*time.Second, "INVITE, ACK and BYE forwarded once", func() bool {
 		s := a.router.Stats()
 		return s.Forwarded["INVITE"] == 1 && s.Forwarded["ACK"] == 1 && s.Forwarded["BYE"] == 1
@@ -35,7 +36,7 @@ func TestCallSameAgent(t *testing.T) {
 	if s := a.router.Stats(); s.TunnelOut != 0 || s.TunnelIn != 0 || o.frames.Load() != 0 {
 		t.Errorf("tunnel used: out %d in %d", s.TunnelOut, s.TunnelIn)
 	}
-	if rrs := soft.lastInv.Load().GetHeaders("Record-Route"); len(rrs) != 1 {
+	if rrs := soft.LastInvite().GetHeaders("Record-Route"); len(rrs) != 1 {
 		t.Errorf("Record-Route %v", rrs)
 	}
 }
@@ -52,28 +53,28 @@ func TestForking(t *testing.T) {
 	alice := newPhone(t, "alice", "alice", a, false)
 	bobDesk := newPhone(t, "bob-desk", "bob", b, false)
 	bobMobile := newPhone(t, "bob-mobile", "bob", c, false)
-	mustRegister(t, bobDesk)
-	mustRegister(t, bobMobile)
-	bobDesk.setBehaviour(answer(100*time.Millisecond, 200))
-	bobMobile.setBehaviour(ringForever)
+	phone.MustRegister(t, bobDesk)
+	phone.MustRegister(t, bobMobile)
+	bobDesk.SetBehaviour(phone.Answer(100*time.Millisecond, 200))
+	bobMobile.SetBehaviour(phone.RingForever)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	codes, err := alice.call(ctx, aorURI("bob"))
+	codes, err := alice.Call(ctx, aorURI("bob"))
 	if err != nil {
 		t.Fatalf("call: %v %v", err, codes)
 	}
 	select {
-	case <-bobMobile.canceled:
+	case <-bobMobile.Canceled():
 	case <-ctx.Done():
 		t.Fatal("the losing branch was not cancelled")
 	}
-	eventually(t, 5*time.Second, "BYE at the winner", func() bool { return bobDesk.byes.Load() == 1 })
+	eventually(t, 5*time.Second, "BYE at the winner", func() bool { return bobDesk.Byes.Load() == 1 })
 	s := a.router.Stats()
 	if s.Forks != 1 || s.Branches < 2 || s.Cancels != 1 {
 		t.Errorf("stats %+v", s)
 	}
-	if bobMobile.byes.Load() != 0 || bobMobile.acks.Load() != 0 {
+	if bobMobile.Byes.Load() != 0 || bobMobile.Acks.Load() != 0 {
 		t.Error("the cancelled phone got an in-dialog request")
 	}
 	if cs := c.router.Stats(); cs.MaxHops != 2 {
@@ -87,11 +88,11 @@ func TestCallerCancel(t *testing.T) {
 	_, a, b := twoAgents(t)
 	alice := newPhone(t, "alice", "alice", a, false)
 	bob := newPhone(t, "bob", "bob", b, false)
-	mustRegister(t, bob)
-	bob.setBehaviour(ringForever)
+	phone.MustRegister(t, bob)
+	bob.SetBehaviour(phone.RingForever)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := alice.invite(ctx, aorURI("bob"))
+	s, err := alice.Invite(ctx, aorURI("bob"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +110,7 @@ func TestCallerCancel(t *testing.T) {
 		t.Errorf("caller's final response %v, want 487", s.InviteResponse)
 	}
 	select {
-	case <-bob.canceled:
+	case <-bob.Canceled():
 	case <-ctx.Done():
 		t.Fatal("callee never saw CANCEL")
 	}
@@ -140,8 +141,8 @@ func TestNotReachable(t *testing.T) {
 		{aorURI("dave"), 480},
 		{sip.Uri{Scheme: "sip", User: "eve", Host: "elsewhere.example"}, 403},
 	} {
-		_, err := alice.call(ctx, tc.to)
-		if got := responseCode(err); got != tc.want {
+		_, err := alice.Call(ctx, tc.to)
+		if got := phone.ResponseCode(err); got != tc.want {
 			t.Errorf("call %s: %v, want %d", tc.to.String(), err, tc.want)
 		}
 	}
@@ -163,13 +164,13 @@ func TestNotReachable(t *testing.T) {
 	}
 	res := make(chan error, 1)
 	go func() {
-		_, err := alice.call(ctx, aorURI("carol"))
+		_, err := alice.Call(ctx, aorURI("carol"))
 		res <- err
 	}()
 	eventually(t, 5*time.Second, "INVITE sent into the hole", func() bool { return a.router.Stats().Forwarded["INVITE"] >= 1 })
 	start := time.Now()
 	a.router.PeerGone(hole)
-	if err := <-res; responseCode(err) != 480 {
+	if err := <-res; phone.ResponseCode(err) != 480 {
 		t.Errorf("call to a vanished peer: %v, want 480", err)
 	}
 	if d := time.Since(start); d > 2*time.Second {
@@ -234,17 +235,17 @@ func rawInvite(port int, id, ruri string) string {
 func TestRetransmittedInvite(t *testing.T) {
 	_, a, b := twoAgents(t)
 	bob := newPhone(t, "bob", "bob", b, false)
-	mustRegister(t, bob)
-	bob.setBehaviour(answer(300*time.Millisecond, 486))
+	phone.MustRegister(t, bob)
+	bob.SetBehaviour(phone.Answer(300*time.Millisecond, 486))
 	u := newRawUDP(t)
 	inv := rawInvite(u.port(), "1", "sip:bob@example.net")
 	u.send(a.addr(), inv)
-	eventually(t, 5*time.Second, "INVITE at bob", func() bool { return bob.invites.Load() == 1 })
+	eventually(t, 5*time.Second, "INVITE at bob", func() bool { return bob.Invites.Load() == 1 })
 	u.send(a.addr(), inv) // the phone's Timer A fired
 	u.send(a.addr(), inv)
 	u.await("SIP/2.0 486", 5*time.Second)
 	u.send(a.addr(), strings.Replace(strings.Replace(inv, "INVITE sip", "ACK sip", 1), "CSeq: 1 INVITE", "CSeq: 1 ACK", 1))
-	if n := bob.invites.Load(); n != 1 {
+	if n := bob.Invites.Load(); n != 1 {
 		t.Errorf("bob got %d INVITEs", n)
 	}
 	if n := a.router.Stats().Forwarded["INVITE"]; n != 1 {
@@ -256,7 +257,7 @@ func TestRetransmittedInvite(t *testing.T) {
 func TestBadRequests(t *testing.T) {
 	_, a, b := twoAgents(t)
 	bob := newPhone(t, "bob", "bob", b, false)
-	mustRegister(t, bob)
+	phone.MustRegister(t, bob)
 	u := newRawUDP(t)
 
 	u.send(a.addr(), strings.Replace(rawInvite(u.port(), "mf", "sip:bob@example.net"), "Max-Forwards: 70", "Max-Forwards: 0", 1))
@@ -282,14 +283,14 @@ func TestBadRequests(t *testing.T) {
 	if d := b.router.Stats().Dropped - before; d != 4 {
 		t.Errorf("dropped %d of 4 bad payloads", d)
 	}
-	if bob.invites.Load() != 0 {
+	if bob.Invites.Load() != 0 {
 		t.Error("bad requests reached bob")
 	}
 	// Routing still works afterwards.
 	alice := newPhone(t, "alice", "alice", a, false)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if codes, err := alice.call(ctx, aorURI("bob")); err != nil {
+	if codes, err := alice.Call(ctx, aorURI("bob")); err != nil {
 		t.Fatalf("call after bad input: %v %v", err, codes)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/p2psip/p2psip/common/record"
+	"github.com/p2psip/p2psip/e2e/harness/phone"
 )
 
 func contactsOf(res *sip.Response) []string {
@@ -27,12 +28,12 @@ func TestRegister(t *testing.T) {
 	defer cancel()
 
 	t.Run("ok lists bindings", func(t *testing.T) {
-		res, err := p.register(ctx, 600)
+		res, err := p.Register(ctx, 600)
 		if err != nil || res.StatusCode != 200 {
 			t.Fatalf("register: %v %v", res, err)
 		}
 		cs := contactsOf(res)
-		if len(cs) != 1 || !strings.Contains(cs[0], p.contact.Address.String()) || !strings.Contains(cs[0], "expires=") {
+		if len(cs) != 1 || !strings.Contains(cs[0], p.Contact.Address.String()) || !strings.Contains(cs[0], "expires=") {
 			t.Errorf("200 contacts = %q", cs)
 		}
 		if res.GetHeader("Date") == nil {
@@ -43,27 +44,24 @@ func TestRegister(t *testing.T) {
 			t.Fatalf("stored record %v %v", rec, err)
 		}
 		c := rec.Entries[0].Contact
-		if c.PeerID != a.id || c.SP != a.sp || c.SPAddr == "" || c.Q != 1000 || c.URI != p.contact.Address.String() {
+		if c.PeerID != a.id || c.SP != a.sp || c.SPAddr == "" || c.Q != 1000 || c.URI != p.Contact.Address.String() {
 			t.Errorf("stored contact %+v", c)
 		}
-		if tp, addr, ok := a.reg.Flow(c.URI); !ok || tp != "UDP" || addr != p.addr {
-			t.Errorf("Flow = %s %s %v, want UDP %s", tp, addr, ok, p.addr)
+		if tp, addr, ok := a.reg.Flow(c.URI); !ok || tp != "UDP" || addr != p.Addr {
+			t.Errorf("Flow = %s %s %v, want UDP %s", tp, addr, ok, p.Addr)
 		}
 	})
 
 	t.Run("query without contact", func(t *testing.T) {
-		p.regMu.Lock()
-		p.regCSeq++
-		req := p.newRegister(p.regCall, p.regCSeq)
-		p.regMu.Unlock()
-		res, err := p.do(ctx, req)
+		req := p.NextRegister()
+		res, err := p.Do(ctx, req)
 		if err != nil || res.StatusCode != 200 || len(contactsOf(res)) != 1 {
 			t.Fatalf("query: %v %v", res, err)
 		}
 	})
 
 	t.Run("interval too brief", func(t *testing.T) {
-		res, err := p.register(ctx, 10)
+		res, err := p.Register(ctx, 10)
 		if err != nil || res.StatusCode != 423 {
 			t.Fatalf("register expires 10: %v %v", res, err)
 		}
@@ -73,9 +71,9 @@ func TestRegister(t *testing.T) {
 	})
 
 	t.Run("out of order cseq", func(t *testing.T) {
-		req := p.newRegister(p.regCall, 1) // below the CSeqs already used
-		req.AppendHeader(p.contact.Clone())
-		res, err := p.do(ctx, req)
+		req := p.NewRegister(p.RegisterCallID(), 1) // below the CSeqs already used
+		req.AppendHeader(p.Contact.Clone())
+		res, err := p.Do(ctx, req)
 		if err != nil || res.StatusCode != 500 {
 			t.Fatalf("stale CSeq: %v %v", res, err)
 		}
@@ -83,7 +81,7 @@ func TestRegister(t *testing.T) {
 
 	t.Run("other user's aor", func(t *testing.T) {
 		mallory := newPhone(t, "mallory", "bob", a, false)
-		res, err := mallory.register(ctx, 600)
+		res, err := mallory.Register(ctx, 600)
 		if err != nil || res.StatusCode != 403 {
 			t.Fatalf("register bob at alice's agent: %v %v", res, err)
 		}
@@ -95,18 +93,15 @@ func TestRegister(t *testing.T) {
 	t.Run("bad wildcard", func(t *testing.T) {
 		for name, hdrs := range map[string][]sip.Header{
 			"without expires": nil,
-			"with contact":    {p.contact.Clone(), sip.NewHeader("Expires", "0")},
+			"with contact":    {p.Contact.Clone(), sip.NewHeader("Expires", "0")},
 			"nonzero expires": {sip.NewHeader("Expires", "60")},
 		} {
-			p.regMu.Lock()
-			p.regCSeq++
-			req := p.newRegister(p.regCall, p.regCSeq)
-			p.regMu.Unlock()
+			req := p.NextRegister()
 			req.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Wildcard: true}})
 			for _, h := range hdrs {
 				req.AppendHeader(h)
 			}
-			res, err := p.do(ctx, req)
+			res, err := p.Do(ctx, req)
 			if err != nil || res.StatusCode != 400 {
 				t.Errorf("%s: %v %v", name, res, err)
 			}
@@ -116,7 +111,7 @@ func TestRegister(t *testing.T) {
 	t.Run("store down", func(t *testing.T) {
 		o.failPut.Store(true)
 		defer o.failPut.Store(false)
-		res, err := p.register(ctx, 600)
+		res, err := p.Register(ctx, 600)
 		if err != nil || res.StatusCode != 503 || res.GetHeader("Retry-After") == nil {
 			t.Fatalf("register with the overlay down: %v %v", res, err)
 		}
@@ -135,13 +130,10 @@ func TestRegister(t *testing.T) {
 	})
 
 	t.Run("wildcard removes", func(t *testing.T) {
-		p.regMu.Lock()
-		p.regCSeq++
-		req := p.newRegister(p.regCall, p.regCSeq)
-		p.regMu.Unlock()
+		req := p.NextRegister()
 		req.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Wildcard: true}})
 		req.AppendHeader(sip.NewHeader("Expires", "0"))
-		res, err := p.do(ctx, req)
+		res, err := p.Do(ctx, req)
 		if err != nil || res.StatusCode != 200 || len(contactsOf(res)) != 0 {
 			t.Fatalf("remove all: %v %v", res, err)
 		}
@@ -154,20 +146,20 @@ func TestRegister(t *testing.T) {
 		if len(rec.Entries) != 1 || !rec.Entries[0].Removed || rec.Entries[0].Expires < time.Now().Unix() {
 			t.Errorf("want one live tombstone, got %+v", rec.Entries)
 		}
-		if _, _, ok := a.reg.Flow(p.contact.Address.String()); ok {
+		if _, _, ok := a.reg.Flow(p.Contact.Address.String()); ok {
 			t.Error("Flow still knows the removed phone")
 		}
 	})
 
 	t.Run("register again after removal", func(t *testing.T) {
-		mustRegister(t, p)
+		phone.MustRegister(t, p)
 		if a.reg.Bindings() != 1 {
 			t.Errorf("%d bindings", a.reg.Bindings())
 		}
 	})
 
 	t.Run("expires 0 removes one", func(t *testing.T) {
-		res, err := p.register(ctx, 0)
+		res, err := p.Register(ctx, 0)
 		if err != nil || res.StatusCode != 200 || len(contactsOf(res)) != 0 || a.reg.Bindings() != 0 {
 			t.Fatalf("de-register: %v %v (bindings %d)", res, err, a.reg.Bindings())
 		}
@@ -180,11 +172,11 @@ func TestRegisterInstance(t *testing.T) {
 	o := newOverlay()
 	a := o.startAgent(t, "alice", newPeerID())
 	p := newPhone(t, "alice", "alice", a, true)
-	p.contact.Params = sip.NewParams()
-	p.contact.Params.Add("+sip.instance", `"<urn:uuid:00000000-0000-1000-8000-000a95a0e128>"`)
-	p.contact.Params.Add("reg-id", "1")
-	p.contact.Params.Add("q", "0.5")
-	mustRegister(t, p)
+	p.Contact.Params = sip.NewParams()
+	p.Contact.Params.Add("+sip.instance", `"<urn:uuid:00000000-0000-1000-8000-000a95a0e128>"`)
+	p.Contact.Params.Add("reg-id", "1")
+	p.Contact.Params.Add("q", "0.5")
+	phone.MustRegister(t, p)
 	rec, err := o.get("sip:alice@example.net")
 	if err != nil || len(rec.Entries) != 1 {
 		t.Fatal(rec, err)
@@ -196,7 +188,7 @@ func TestRegisterInstance(t *testing.T) {
 	if e.Key != record.EntryKey(record.KindLocation, &e) {
 		t.Errorf("key %q is not EntryKey", e.Key)
 	}
-	if tp, _, ok := a.reg.Flow(p.contact.Address.String()); !ok || tp != "TCP" {
+	if tp, _, ok := a.reg.Flow(p.Contact.Address.String()); !ok || tp != "TCP" {
 		t.Errorf("Flow = %s %v", tp, ok)
 	}
 }

@@ -59,8 +59,13 @@ type Config struct {
 
 // Attachment describes the current super peer.
 type Attachment struct {
-	SP         ids.PeerID
-	SPAddr     string
+	SP     ids.PeerID
+	SPAddr string
+	// TURNAddr is the super peer's STUN/TURN address ("" if none).
+	TURNAddr string
+	// LocalAddr is this end of the session (its IP is the agent's
+	// outgoing interface, the base of NAT discovery).
+	LocalAddr  string
 	At         time.Time
 	Alternates []wire.SuperPeerInfo
 	// Reattach is how long the agent was without a super peer before this
@@ -333,7 +338,8 @@ func (u *Uplink) attachAt(ctx context.Context, addr string, redirected bool) (*c
 		if res.KeepaliveMS > 0 && u.cfg.Keepalive == 0 {
 			u.cfg.Keepalive = time.Duration(res.KeepaliveMS) * time.Millisecond
 		}
-		return sess, Attachment{SP: sess.OK.PeerID, SPAddr: addr, At: time.Now(), Alternates: res.Alternates}, nil
+		return sess, Attachment{SP: sess.OK.PeerID, SPAddr: addr, TURNAddr: res.Self.TURNAddr,
+			LocalAddr: sess.Conn.NetConn().LocalAddr().String(), At: time.Now(), Alternates: res.Alternates}, nil
 	case wire.AttachRedirect:
 		sess.Close()
 		if redirected || res.Redirect == nil {

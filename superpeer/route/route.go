@@ -40,6 +40,8 @@ type Records interface {
 type Config struct {
 	Self     ids.PeerID
 	SelfAddr string
+	// TURNAddr is this super peer's STUN/TURN address, told to agents.
+	TURNAddr string
 	// Capacity is how many agents may attach here (default 100000).
 	Capacity int
 	// Keepalive is the Ping interval agents are told to keep (default 25s).
@@ -184,7 +186,7 @@ func (r *Router) Detach(peer session.Peer, c *link.Conn) {
 func (r *Router) KeepaliveFor() time.Duration { return 3 * r.cfg.Keepalive }
 
 func (r *Router) info() *wire.SuperPeerInfo {
-	return &wire.SuperPeerInfo{PeerID: r.cfg.Self, PeerAddr: r.cfg.SelfAddr, Load: uint32(r.Attached()), Capacity: uint32(r.cfg.Capacity)}
+	return &wire.SuperPeerInfo{PeerID: r.cfg.Self, PeerAddr: r.cfg.SelfAddr, Load: uint32(r.Attached()), Capacity: uint32(r.cfg.Capacity), TURNAddr: r.cfg.TURNAddr}
 }
 
 // lessLoaded says whether a is clearly less loaded than b. The margin
@@ -203,7 +205,7 @@ func (r *Router) candidates() (*wire.SuperPeerInfo, []wire.SuperPeerInfo) {
 		if m.PeerID == r.cfg.Self || m.PeerAddr == "" {
 			continue
 		}
-		others = append(others, wire.SuperPeerInfo{PeerID: m.PeerID, PeerAddr: m.PeerAddr, Load: m.Load, Capacity: m.Capacity})
+		others = append(others, wire.SuperPeerInfo{PeerID: m.PeerID, PeerAddr: m.PeerAddr, Load: m.Load, Capacity: m.Capacity, TURNAddr: m.TURNAddr})
 	}
 	sort.Slice(others, func(i, j int) bool {
 		ri := float64(others[i].Load) / float64(max(others[i].Capacity, 1))

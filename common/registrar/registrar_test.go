@@ -1,0 +1,210 @@
+package registrar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/rs/zerolog"
+
+	"github.com/p2psip/p2psip/common/ids"
+	"github.com/p2psip/p2psip/common/record"
+)
+
+// memStore is an in-memory location store that, like the real one, lets a
+// user write only the user's own AoR.
+type memStore struct {
+	mu   sync.Mutex
+	recs map[string]*record.Record
+	puts int
+}
+
+var errNoRecord = errors.New("no record")
+
+func (m *memStore) Put(_ context.Context, user string, rec *record.Record) error {
+	if rec.Owner() != user {
+		return fmt.Errorf("user %q may not write %s", user, rec.Name)
+	}
+	if err := rec.Validate(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.puts++
+	cur := m.recs[rec.Name]
+	if cur == nil {
+		cur = &record.Record{Kind: rec.Kind, Name: rec.Name}
+		m.recs[rec.Name] = cur
+	}
+	_, err := record.Merge(cur, rec.Clone())
+	return err
+}
+
+func (m *memStore) Get(_ context.Context, aor string) (*record.Record, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r := m.recs[aor]; r != nil {
+		return r.Live(time.Now()), nil
+	}
+	return nil, errNoRecord
+}
+
+func (m *memStore) live(aor string) []record.Entry {
+	r, err := m.Get(context.Background(), aor)
+	if err != nil {
+		return nil
+	}
+	return r.Entries
+}
+
+var self = ids.PeerID{0xed, 1}
+
+// newEdgeRegistrar is a many-user registrar whose Authorize takes the user
+// from an X-User header (401 without one).
+func newEdgeRegistrar(t *testing.T) (*Registrar, *memStore) {
+	t.Helper()
+	st := &memStore{recs: make(map[string]*record.Record)}
+	g, err := New(Config{
+		Self: self, Overlay: "example.net", Store: st, Edge: true,
+		Attachment: func() Attachment { return Attachment{SPAddr: "192.0.2.1:6084"} },
+		Authorize: func(req *sip.Request, _ string) (string, *sip.Response) {
+			if h := req.GetHeader("X-User"); h != nil {
+				return h.Value(), nil
+			}
+			return "", sip.NewResponseFromRequest(req, 401, "Unauthorized", nil)
+		},
+		Log: zerolog.Nop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g, st
+}
+
+// register builds a REGISTER for user's AoR from transport/source.
+func register(user, authUser, contact, transport, source string, expires int) *sip.Request {
+	aor := sip.Uri{Scheme: "sip", User: user, Host: "example.net"}
+	req := sip.NewRequest(sip.REGISTER, sip.Uri{Scheme: "sip", Host: "example.net"})
+	req.AppendHeader(&sip.FromHeader{Address: aor, Params: sip.NewParams()})
+	req.AppendHeader(&sip.ToHeader{Address: aor})
+	cid := sip.CallIDHeader(user + "-" + contact + "-" + source)
+	req.AppendHeader(&cid)
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: uint32(time.Now().UnixNano() % 1e9), MethodName: sip.REGISTER})
+	var u sip.Uri
+	if err := sip.ParseUri(contact, &u); err != nil {
+		panic(err)
+	}
+	req.AppendHeader(&sip.ContactHeader{Address: u, Params: sip.NewParams()})
+	req.AppendHeader(sip.NewHeader("Expires", fmt.Sprint(expires)))
+	if authUser != "" {
+		req.AppendHeader(sip.NewHeader("X-User", authUser))
+	}
+	req.SetTransport(transport)
+	req.SetSource(source)
+	return req
+}
+
+func TestEdgeMode(t *testing.T) {
+	g, st := newEdgeRegistrar(t)
+	do := func(req *sip.Request) int { return g.handle(req).StatusCode }
+
+	if c := do(register("alice", "", "sip:alice@192.168.1.10:5060", "UDP", "198.51.100.7:40000", 600)); c != 401 {
+		t.Fatalf("unauthenticated: %d", c)
+	}
+	if c := do(register("bob", "alice", "sip:bob@192.168.1.11:5060", "UDP", "198.51.100.7:40001", 600)); c != 403 {
+		t.Fatalf("alice registering bob: %d", c)
+	}
+	if c := do(register("alice", "alice", "sip:x@example.net", "UDP", "198.51.100.7:40000", 600)); c != 403 {
+		t.Fatalf("contact in the overlay domain: %d", c)
+	}
+	if st.puts != 0 {
+		t.Fatalf("%d writes for refused requests", st.puts)
+	}
+
+	if c := do(register("alice", "alice", "sip:alice@192.168.1.10:5060", "UDP", "198.51.100.7:40000", 600)); c != 200 {
+		t.Fatalf("alice: %d", c)
+	}
+	if c := do(register("carol", "carol", "sip:carol@192.168.1.10:5060;transport=tcp", "TCP", "203.0.113.9:50000", 600)); c != 200 {
+		t.Fatalf("carol: %d", c)
+	}
+	es := st.live("sip:alice@example.net")
+	if len(es) != 1 || es[0].Writer != "alice" || es[0].Contact.SP != self || !es[0].Contact.PeerID.IsZero() ||
+		es[0].Contact.Flow != "udp 198.51.100.7:40000" || es[0].Contact.SPAddr != "192.0.2.1:6084" {
+		t.Fatalf("stored %+v", es)
+	}
+	if tp, addr, ok := g.Flow("sip:alice@192.168.1.10:5060;ob"); !ok || tp != "UDP" || addr != "198.51.100.7:40000" {
+		t.Errorf("alice's flow: %s %s %v", tp, addr, ok)
+	}
+	if u, ok := g.FlowUser("TCP", "203.0.113.9:50000"); !ok || u != "carol" {
+		t.Errorf("FlowUser = %q %v", u, ok)
+	}
+	// Two NATs, one private address: a contact without its user part is
+	// ambiguous and reaches neither.
+	if _, _, ok := g.Flow("sip:192.168.1.10:5060"); ok {
+		t.Error("an ambiguous contact was given a flow")
+	}
+
+	// Carol's TCP connection closes: her binding and only hers goes.
+	if n := g.DropFlow("TCP", "203.0.113.9:50000"); n != 1 {
+		t.Fatalf("DropFlow removed %d", n)
+	}
+	if es := st.live("sip:carol@example.net"); len(es) != 0 {
+		t.Errorf("carol still stored: %+v", es)
+	}
+	if g.Bindings() != 1 || len(st.live("sip:alice@example.net")) != 1 {
+		t.Errorf("alice lost her binding")
+	}
+	if _, _, ok := g.Flow("sip:carol@192.168.1.10:5060;transport=tcp"); ok {
+		t.Error("carol's flow outlived her connection")
+	}
+}
+
+// TestPerAORLocking: REGISTERs for different AoRs do not wait for each
+// other's store writes.
+func TestPerAORLocking(t *testing.T) {
+	g, st := newEdgeRegistrar(t)
+	block := make(chan struct{})
+	slow := &slowStore{memStore: st, block: block, slowAOR: "sip:slow@example.net", entered: make(chan struct{})}
+	g.cfg.Store = slow
+	done := make(chan int)
+	go func() {
+		done <- g.handle(register("slow", "slow", "sip:slow@192.0.2.5:5060", "UDP", "192.0.2.5:5060", 600)).StatusCode
+	}()
+	select {
+	case <-slow.entered:
+	case c := <-done:
+		t.Fatalf("slow register ended without writing: %d", c)
+	}
+	start := time.Now()
+	if c := g.handle(register("fast", "fast", "sip:fast@192.0.2.6:5060", "UDP", "192.0.2.6:5060", 600)).StatusCode; c != 200 {
+		t.Fatalf("fast: %d", c)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("another AoR's REGISTER took %v while one was blocked", d)
+	}
+	close(block)
+	if c := <-done; c != 200 {
+		t.Fatalf("slow: %d", c)
+	}
+}
+
+type slowStore struct {
+	*memStore
+	block   chan struct{}
+	slowAOR string
+	once    sync.Once
+	entered chan struct{}
+}
+
+func (s *slowStore) Put(ctx context.Context, user string, rec *record.Record) error {
+	if strings.EqualFold(rec.Name, s.slowAOR) {
+		s.once.Do(func() { close(s.entered) })
+		<-s.block
+	}
+	return s.memStore.Put(ctx, user, rec)
+}
