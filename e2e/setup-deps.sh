@@ -5,8 +5,8 @@
 #   - a C compiler for `go test -race` (gcc, libc6-dev);
 #   - the tools of the e2e and benchmark suites: sipp (sip-tester),
 #     ip and tc (iproute2), iptables, turnserver and turnutils_uclient
-#     (coturn), pgrep (procps), killall (psmisc), and kamailio (benchmark
-#     reference only, optional).
+#     (coturn), pgrep (procps), killall (psmisc), and kamailio with its
+#     auth_ephemeral module (benchmark reference only, optional).
 # As root with apt-get, missing packages are installed (apt-get update runs
 # only when something is missing) without starting their system services.
 # Otherwise each missing tool is named with its package, and the tests that
@@ -36,6 +36,7 @@ tools=(
   "pgrep             procps         required"
   "killall           psmisc         required"
   "kamailio          kamailio       optional"
+  "kamailio-autheph  kamailio-autheph-modules optional"
 )
 
 # have CMD: is the tool usable? "cc" means a C compiler that can build cgo
@@ -43,6 +44,7 @@ tools=(
 have() {
   case "$1" in
     cc) command -v gcc >/dev/null 2>&1 && [ -e /usr/include/stdlib.h ] ;;
+    kamailio-autheph) ls /usr/lib/*/kamailio/modules/auth_ephemeral.so >/dev/null 2>&1 ;;
     *) command -v "$1" >/dev/null 2>&1 ;;
   esac
 }
