@@ -34,7 +34,7 @@ import (
 
 // Files in the data directory.
 const (
-	IdentityFile = "identity.pem"
+	IdentityFile = auth.IdentityFile
 	CAFile       = "ca.pem"
 	SecretFile   = "overlay.secret"
 )
@@ -70,14 +70,10 @@ func New(cfg Config, log zerolog.Logger) (*Node, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, fmt.Errorf("superpeer config: %w", err)
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
-	}
-	key, err := auth.LoadOrCreateIdentity(filepath.Join(cfg.DataDir, IdentityFile))
+	key, id, err := auth.LoadNodeIdentity(cfg.DataDir)
 	if err != nil {
-		return nil, fmt.Errorf("identity: %w", err)
+		return nil, err
 	}
-	id := ids.PeerIDFromKey(key.Public().(ed25519.PublicKey))
 	log = log.With().Str("peer_id", id.Short()).Str("role", "superpeer").Logger()
 	if cfg.Secret == nil {
 		path := cfg.SecretFile

@@ -15,7 +15,7 @@ import (
 // is the node's certificate, used for SIPS unless the operator gave one.
 func (n *Node) buildEdge(cert tls.Certificate, advertised string) error {
 	cfg := &n.cfg
-	udp, tcp, err := listenSIP(cfg.Bind, cfg.SIPPort, cfg.SIPUDP, cfg.SIPTCP)
+	udp, tcp, err := listenPair(cfg.Bind, cfg.SIPPort, cfg.SIPUDP, cfg.SIPTCP)
 	if err != nil {
 		closeSIP(cfg)
 		return err
@@ -53,10 +53,10 @@ func (n *Node) buildEdge(cert tls.Certificate, advertised string) error {
 	return err
 }
 
-// listenSIP returns the UDP socket and TCP listener of the SIP edge, on
-// one port: the given ones, or bound on bind:port (port 0: a free port
+// listenPair returns a UDP socket and a TCP listener on one port (the SIP
+// edge's, the STUN/TURN server's): the given ones, or bound on bind:port (port 0: a free port
 // that both transports get).
-func listenSIP(bind string, port int, udp net.PacketConn, tcp net.Listener) (net.PacketConn, net.Listener, error) {
+func listenPair(bind string, port int, udp net.PacketConn, tcp net.Listener) (net.PacketConn, net.Listener, error) {
 	switch {
 	case udp != nil && tcp != nil:
 		return udp, tcp, nil
@@ -67,7 +67,7 @@ func listenSIP(bind string, port int, udp net.PacketConn, tcp net.Listener) (net
 	for range 20 {
 		u, err := net.ListenPacket("udp", net.JoinHostPort(bind, strconv.Itoa(port)))
 		if err != nil {
-			return nil, nil, fmt.Errorf("sip udp: %w", err)
+			return nil, nil, fmt.Errorf("udp: %w", err)
 		}
 		t, err := net.Listen("tcp", u.LocalAddr().String())
 		if err == nil {
@@ -79,7 +79,7 @@ func listenSIP(bind string, port int, udp net.PacketConn, tcp net.Listener) (net
 			break
 		}
 	}
-	return nil, nil, fmt.Errorf("sip tcp: %w", lastErr)
+	return nil, nil, fmt.Errorf("tcp: %w", lastErr)
 }
 
 func closeSIP(cfg *Config) {

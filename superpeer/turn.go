@@ -21,7 +21,7 @@ const serviceTTL = 60 * time.Second
 // builds the relay server.
 func (n *Node) buildRelay() error {
 	cfg := &n.cfg
-	udp, tcp, err := listenSIP(cfg.Bind, cfg.TURNPort, cfg.TURNUDP, cfg.TURNTCP)
+	udp, tcp, err := listenPair(cfg.Bind, cfg.TURNPort, cfg.TURNUDP, cfg.TURNTCP)
 	if err != nil {
 		return err
 	}

@@ -245,7 +245,7 @@ func TestClientCommands(t *testing.T) {
 	peerPort, admin := freePort(t), fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	sp := startSuperpeer(t, dir, nil, "--data-dir", data, "--peer-port", strconv.Itoa(peerPort),
 		"--gossip-port", strconv.Itoa(freePort(t)), "--admin", admin, "--overlay", "p2psip.test", "--log-format", "json",
-		"--sip-port", "0", "--sips-port", "0")
+		"--sip-port", "0", "--sips-port", "0", "--turn-port", "0")
 	st := waitReady(t, sp, dir, nil, "--admin", admin)
 	server := fmt.Sprintf("127.0.0.1:%d", peerPort)
 	if st.Status.PeerAddr != server || st.Status.Overlay != "p2psip.test" || len(st.Members) != 1 {
@@ -397,6 +397,7 @@ log-format: console
 log-level: info
 sip-port: 0             # a free port, like sips-port
 sips-port: 0
+turn-port: 0
 `, admin, freePort(t), freePort(t))
 	confDir := filepath.Join(dir, "etc")
 	if err := os.Mkdir(confDir, 0o755); err != nil {

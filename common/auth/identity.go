@@ -8,6 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/p2psip/p2psip/common/ids"
 )
 
 const (
@@ -65,4 +69,20 @@ func loadIdentity(path string) (ed25519.PrivateKey, error) {
 		return nil, fmt.Errorf("load identity %s: %w: %T is not an Ed25519 key", path, ErrMalformed, k)
 	}
 	return key, nil
+}
+
+// IdentityFile is the identity key's file name in a node's data directory.
+const IdentityFile = "identity.pem"
+
+// LoadNodeIdentity loads (or creates on first start) the identity key in
+// dir, creating dir, and returns the key with its Peer-ID.
+func LoadNodeIdentity(dir string) (ed25519.PrivateKey, ids.PeerID, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, ids.PeerID{}, fmt.Errorf("data dir: %w", err)
+	}
+	key, err := LoadOrCreateIdentity(filepath.Join(dir, IdentityFile))
+	if err != nil {
+		return nil, ids.PeerID{}, fmt.Errorf("identity: %w", err)
+	}
+	return key, ids.PeerIDFromKey(key.Public().(ed25519.PublicKey)), nil
 }

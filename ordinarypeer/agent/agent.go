@@ -7,12 +7,10 @@ package agent
 
 import (
 	"context"
-	"crypto/ed25519"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -31,7 +29,7 @@ import (
 
 // Files in the data directory.
 const (
-	IdentityFile = "identity.pem"
+	IdentityFile = auth.IdentityFile
 	CacheFile    = "superpeers.json"
 )
 
@@ -104,14 +102,10 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: credentials: %w", err)
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("agent: data dir: %w", err)
-	}
-	key, err := auth.LoadOrCreateIdentity(filepath.Join(cfg.DataDir, IdentityFile))
+	key, self, err := auth.LoadNodeIdentity(cfg.DataDir)
 	if err != nil {
-		return nil, fmt.Errorf("agent: identity: %w", err)
+		return nil, fmt.Errorf("agent: %w", err)
 	}
-	self := ids.PeerIDFromKey(key.Public().(ed25519.PublicKey))
 	a := &Agent{cfg: cfg, self: self, user: user,
 		log: log.With().Str("peer_id", self.Short()).Str("role", "agent").Logger()}
 	a.up, err = uplink.New(uplink.Config{
@@ -302,19 +296,7 @@ type locator struct{ a *Agent }
 
 func (l locator) Lookup(ctx context.Context, aor string) ([]record.Contact, error) {
 	rec, err := store(l).Get(ctx, aor)
-	if err != nil {
-		if wire.CodeOf(err) == wire.CodeNotFound {
-			return nil, fmt.Errorf("%s: %w", aor, siproute.ErrNotFound)
-		}
-		return nil, err
-	}
-	var out []record.Contact
-	for _, e := range rec.Entries {
-		if !e.Removed && e.Contact != nil {
-			out = append(out, *e.Contact)
-		}
-	}
-	return out, nil
+	return siproute.Contacts(aor, rec, err)
 }
 
 // peerInfo is this agent's peer record payload: where it is attached and

@@ -211,19 +211,7 @@ type locator struct{ s Store }
 
 func (l locator) Lookup(ctx context.Context, aor string) ([]record.Contact, error) {
 	rec, err := l.s.Get(ctx, record.KindLocation, aor)
-	if err != nil {
-		if wire.CodeOf(err) == wire.CodeNotFound {
-			return nil, fmt.Errorf("%s: %w", aor, siproute.ErrNotFound)
-		}
-		return nil, err
-	}
-	var out []record.Contact
-	for _, e := range rec.Entries {
-		if !e.Removed && e.Contact != nil {
-			out = append(out, *e.Contact)
-		}
-	}
-	return out, nil
+	return siproute.Contacts(aor, rec, err)
 }
 
 // sender adapts the route.Router to siproute: each message is one tunnel
