@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -30,6 +31,9 @@ const (
 	AgentSIP   = 5060 // the agent's --sip-listen
 	UACPort    = 5070 // the SIPp caller next to an agent
 	UASPort    = 5080 // the SIPp callee next to an agent (and its REGISTER)
+	EdgeSIP    = 5060 // a super peer's SIP edge (--sip-port), UDP+TCP
+	EdgeSIPS   = 5061 // its TLS port (--sips-port)
+	TURNPort   = 3478 // its STUN/TURN port (--turn-port)
 )
 
 // Overlay is a set of super peers on the public segment sharing one secret.
@@ -56,6 +60,10 @@ func (sp *SuperPeer) PeerAddr() string { return net.JoinHostPort(sp.IP, strconv.
 
 // GossipAddr is its memberlist address.
 func (sp *SuperPeer) GossipAddr() string { return net.JoinHostPort(sp.IP, strconv.Itoa(GossipPort)) }
+
+// SIPAddr is the super peer's SIP edge (UDP and TCP): plain phones
+// register there and use it as their outbound proxy.
+func (sp *SuperPeer) SIPAddr() string { return sipAddr(sp.IP, EdgeSIP) }
 
 // AdminURL is the base URL of its admin API.
 func (sp *SuperPeer) AdminURL() string {
@@ -126,6 +134,9 @@ func (o *Overlay) startSuperPeer(host string, join []string) *SuperPeer {
 		"--advertise", sp.IP,
 		"--peer-port", strconv.Itoa(PeerPort),
 		"--gossip-port", strconv.Itoa(GossipPort),
+		"--sip-port", strconv.Itoa(EdgeSIP),
+		"--sips-port", strconv.Itoa(EdgeSIPS),
+		"--turn-port", strconv.Itoa(TURNPort),
 		"--admin", net.JoinHostPort(sp.IP, strconv.Itoa(AdminPort)),
 		"--log-format", "json",
 		"--log-level", "debug",
@@ -226,6 +237,25 @@ func (o *Overlay) Credentials(t testing.TB, user string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// Secrets reads the digest username ("EXPIRY:USER") and password of
+// user's credentials (issuing them if needed): what a plain phone
+// registering at a super peer's SIP edge authenticates with.
+func (o *Overlay) Secrets(t testing.TB, user string) (username, password string) {
+	t.Helper()
+	b, err := os.ReadFile(o.Credentials(t, user))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		Username string `json:"username"`
+		Password string `json:"password"`
+	}
+	if err := json.Unmarshal(b, &c); err != nil || c.Username == "" || c.Password == "" {
+		t.Fatalf("credentials of %s: no username and password (%v): %s", user, err, b)
+	}
+	return c.Username, c.Password
 }
 
 // RecordPut runs `p2psip record put` from host against sp.

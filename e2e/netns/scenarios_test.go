@@ -119,17 +119,24 @@ func checkHops(t *testing.T, agents ...*Agent) string {
 // succeeded.
 func requireAllOK(t *testing.T, what string, res SIPpResult, err error, calls int, callee *Agent) {
 	t.Helper()
+	requireCalls(t, what, res, err, calls, callee.PhoneStats)
+}
+
+// requireCalls is requireAllOK for any callee phone; phone reads its UAS's
+// counters.
+func requireCalls(t *testing.T, what string, res SIPpResult, err error, calls int, phone func() (SIPpStats, error)) {
+	t.Helper()
 	if err != nil {
 		t.Fatalf("%s: %v", what, err)
 	}
 	t.Logf("%s: %s in %s (exit status %d, %d retransmissions)", what, res.SIPpStats, res.Duration.Round(time.Millisecond), res.ExitCode, res.Retransmissions)
 	if res.Failed != 0 || res.Successful != calls {
-		phone := "unknown"
-		if st, err := callee.PhoneStats(); err == nil {
-			phone = fmt.Sprintf("%d calls reached it, %d completed", st.Created, st.Successful)
+		reached := "unknown"
+		if st, err := phone(); err == nil {
+			reached = fmt.Sprintf("%d calls reached it, %d completed", st.Created, st.Successful)
 		}
-		t.Errorf("%s: %s; want %d succeeded, 0 failed (callee's phone: %s; see %s.err and the agents' logs)",
-			what, res.SIPpStats, calls, phone, res.Name)
+		t.Errorf("%s: %s; want %d succeeded, 0 failed (callee's phone: %s; see %s.err and the agents' and super peers' logs)",
+			what, res.SIPpStats, calls, reached, res.Name)
 	}
 }
 
@@ -321,8 +328,76 @@ func TestTURNFallback(t *testing.T) {
 // TestEdgePhone is scenario 4: a plain SIPp phone on the public segment
 // (203.0.113.30) registers at a super peer's SIP edge with digest auth and
 // calls a phone behind NAT, and back.
+//
+// The edge phone, carol, registers over UDP at sp1's edge from UASPort
+// with digest credentials (realm the overlay, username EXPIRY:carol); its
+// contact must then be in the overlay. (a) A SIPp UAC on the phone host,
+// with sp1's edge as outbound proxy, calls sip:bob@OVERLAY (bob's phone
+// behind his agent on lan2, behind nat2): a call to an overlay AoR needs
+// no credentials. (b) alice's phone behind her agent on lan1 calls
+// sip:carol@OVERLAY; the edge delivers the calls to the flow carol
+// registered from, where her SIPp UAS listens.
 func TestEdgePhone(t *testing.T) {
-	t.Skip("lands with issue 4 (SIP edge on super peers): SIPp on the phone host registers at sp1:5060 with -au/-ap digest auth, calls bob behind nat2 and is called back")
+	const calls, rate = 50, 10
+	o, alice, bob := callsWorld(t, nil)
+	ctx := context.Background()
+	edge := o.SP(SP1)
+
+	const carol = "carol"
+	username, password := o.Secrets(t, carol)
+	carolAOR := "sip:" + carol + "@" + o.Name
+	regCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	start := time.Now()
+	err := o.RegisterDigest(regCtx, Phone, PhoneIP, UASPort, carol, o.Name, edge.SIPAddr(), username, password)
+	cancel()
+	if err != nil {
+		t.Fatalf("edge phone: %v", err)
+	}
+	regTime := time.Since(start)
+	t.Logf("edge phone %s registered at %s's edge %s from %s with digest auth in %s",
+		carol, edge.Host, edge.SIPAddr(), sipAddr(PhoneIP, UASPort), regTime.Round(time.Millisecond))
+	// Its contact is in the overlay, read through another super peer and
+	// from behind a NAT.
+	var contact string
+	Eventually(t, 10*time.Second, carol+"'s contact visible to alice", func() error {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		out, err := o.RecordGet(ctx, alice.Host, o.SP(SP3), o.Credentials(t, alice.User), carolAOR)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(out, `"contact"`) || !strings.Contains(out, PhoneIP) {
+			return fmt.Errorf("no contact at %s in %s", PhoneIP, out)
+		}
+		contact = out
+		return nil
+	})
+	t.Logf("%s's record: %s", carolAOR, contact)
+	uas := o.StartUAS(Phone, PhoneIP, UASPort)
+	carolStats := func() (SIPpStats, error) { return o.Progress(uas.Name) }
+
+	// (a) the edge phone calls bob behind nat2.
+	res1, err := o.RunUAC(ctx, UAC{
+		Host: Phone, IP: PhoneIP, Port: UACPort, Proxy: edge.SIPAddr(),
+		User: carol, Callee: bob.User, Domain: o.Name,
+		Calls: calls, Rate: rate,
+	})
+	requireAllOK(t, "carol (edge phone) → bob", res1, err, calls, bob)
+
+	// (b) alice behind nat1 calls the edge phone.
+	res2, err := o.RunUAC(ctx, UAC{
+		Host: alice.Host, IP: alice.IP, Proxy: alice.SIPAddr(),
+		User: alice.User, Callee: carol, Domain: o.Name,
+		Calls: calls, Rate: rate,
+	})
+	requireCalls(t, "alice → carol (edge phone)", res2, err, calls, carolStats)
+
+	view := checkNATView(t, o, alice, bob)
+	hops := checkHops(t, alice, bob)
+	t.Logf("SUMMARY %s: calls attempted %d succeeded %d failed %d (carol@edge→bob %d/%d, alice→carol@edge %d/%d at %d cps); edge REGISTER with digest at %s %s in %s; reattach n/a; relayed %s; %s; %s",
+		t.Name(), res1.Created+res2.Created, res1.Successful+res2.Successful, res1.Failed+res2.Failed,
+		res1.Successful, res1.Created, res2.Successful, res2.Created, rate,
+		edge.Host, edge.SIPAddr(), regTime.Round(time.Millisecond), relayed(alice, bob), hops, view)
 }
 
 // TestPromotion is scenario 5: the public host runs `p2psip peer --role

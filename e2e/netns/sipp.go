@@ -264,11 +264,26 @@ func (tp *Topology) udpBound(host string, port int) error {
 // flow a contact registered from (its source address), as well as to the
 // contact.
 func (tp *Topology) Register(ctx context.Context, host, ip string, port int, user, domain, registrar string) error {
+	return tp.register(ctx, "register.xml", host, ip, port, user, domain, registrar)
+}
+
+// RegisterDigest is Register at a super peer's SIP edge (registrar, its
+// --sip-port), over UDP with digest authentication
+// (testdata/register_auth.xml): the edge answers the first REGISTER 401,
+// SIPp answers the challenge with username (the credential's
+// "EXPIRY:USER") and password (-au, -ap). The edge delivers calls to the
+// flow the REGISTER came from: start the phone's UAS on port afterwards.
+func (tp *Topology) RegisterDigest(ctx context.Context, host, ip string, port int, user, domain, registrar, username, password string) error {
+	return tp.register(ctx, "register_auth.xml", host, ip, port, user, domain, registrar, "-au", username, "-ap", password)
+}
+
+func (tp *Topology) register(ctx context.Context, scenario, host, ip string, port int, user, domain, registrar string, extra ...string) error {
 	name := fmt.Sprintf("sipp-register-%s-%s-%d", host, user, sippSeq.Add(1))
-	args, err := tp.sippArgs("register.xml", name, ip, port)
+	args, err := tp.sippArgs(scenario, name, ip, port)
 	if err != nil {
 		return err
 	}
+	args = append(args, extra...)
 	args = append(args, "-m", "1", "-recv_timeout", "5000", "-timeout", "20s",
 		"-set", "user", user, "-set", "domain", domain,
 		"-trace_screen", "-screen_file", filepath.Join(tp.LogDir, name+".screen"),

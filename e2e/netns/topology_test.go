@@ -144,7 +144,8 @@ func TestTopology(t *testing.T) {
 	if err == nil {
 		c.Close()
 	}
-	if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+	var ne net.Error
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) && !(errors.As(err, &ne) && ne.Timeout()) {
 		t.Errorf("unsolicited connection from the public side into lan1 via nat1: %v, want it dropped (a timeout)", err)
 	}
 	t.Logf("SUMMARY %s: mesh 3/3; record put/get through nat1 and nat2 ok; super peers see only %s and %s; nat1 kept %d/3 source ports, nat2 %d/3",
