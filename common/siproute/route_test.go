@@ -11,14 +11,14 @@ import (
 )
 
 func testRouter(t *testing.T) *Router {
-	r, err := New(Config{
+	_, err := New(Config{
 		Self: peer(1), Overlay: "example.net", Locator: nil, Sender: &fakeSender{}, Local: nil,
 		RecordRouteHost: "127.0.0.1", RecordRoutePort: 5060, Log: zerolog.Nop(),
 	})
 	if err == nil {
 		t.Fatal("New accepted a config without Locator and Local")
 	}
-	r, err = New(Config{
+	r, err := New(Config{
 		Self: peer(1), Overlay: "example.net", Locator: noLocator{}, Sender: &fakeSender{}, Local: noLocal{},
 		RecordRouteHost: "127.0.0.1", RecordRoutePort: 5060, Log: zerolog.Nop(),
 	})

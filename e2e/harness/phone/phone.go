@@ -111,7 +111,9 @@ func New(t testing.TB, cfg Config) *Phone {
 		}
 		p.Addr = ln.Addr().String()
 		serve, closer = func() error { return srv.ServeTCP(ln) }, ln.Close
-		p.cli, err = sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"), sipgo.WithClientLogger(slog))
+		if p.cli, err = sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"), sipgo.WithClientLogger(slog)); err != nil {
+			t.Fatal(err)
+		}
 	} else {
 		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 		if err != nil {
@@ -120,11 +122,10 @@ func New(t testing.TB, cfg Config) *Phone {
 		p.Addr = pc.LocalAddr().String()
 		serve, closer = func() error { return srv.ServeUDP(pc) }, pc.Close
 		// Send from the listening socket, as a phone behind NAT must.
-		p.cli, err = sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"),
-			sipgo.WithClientConnectionAddr(p.Addr), sipgo.WithClientLogger(slog))
-	}
-	if err != nil {
-		t.Fatal(err)
+		if p.cli, err = sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"),
+			sipgo.WithClientConnectionAddr(p.Addr), sipgo.WithClientLogger(slog)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	host, port, _ := sip.ParseAddr(p.Addr)
 	p.Contact = sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: cfg.Name, Host: host, Port: port}}
