@@ -5,8 +5,9 @@
 #   - a C compiler for `go test -race` (gcc, libc6-dev);
 #   - the tools of the e2e and benchmark suites: sipp (sip-tester),
 #     ip and tc (iproute2), iptables, turnserver and turnutils_uclient
-#     (coturn), pgrep (procps), killall (psmisc), and kamailio with its
-#     auth_ephemeral module (benchmark reference only, optional).
+#     (coturn), pgrep (procps), killall (psmisc), kamailio with its
+#     auth_ephemeral module (benchmark reference only, optional), and
+#     chromium (the headless status-page test, optional).
 # As root with apt-get, missing packages are installed (apt-get update runs
 # only when something is missing) without starting their system services.
 # Otherwise each missing tool is named with its package, and the tests that
@@ -37,6 +38,7 @@ tools=(
   "killall           psmisc         required"
   "kamailio          kamailio       optional"
   "kamailio-autheph  kamailio-autheph-modules optional"
+  "chromium          chromium       optional"
 )
 
 # have CMD: is the tool usable? "cc" means a C compiler that can build cgo
@@ -111,7 +113,7 @@ if [ -n "$missing" ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>
     if apt-get install "${apt_opts[@]}" "$p"; then
       installed+=("$p")
     else
-      say "warning: could not install optional package $p; the benchmarks that need it will skip"
+      say "warning: could not install optional package $p; the benchmarks or tests that need it will skip"
     fi
   done
 
@@ -142,6 +144,8 @@ if [ -n "$missing" ]; then
   while read -r cmd pkgs kind; do
     if [ "$cmd" = cc ]; then
       say "missing a C compiler (Debian packages ${pkgs//,/ }): tests run without -race"
+    elif [ "$cmd" = chromium ]; then
+      say "missing chromium (Debian package chromium, optional): the headless status-page test (e2e/overlay TestStatusPage) will skip"
     elif [ "$kind" = optional ]; then
       say "missing $cmd (Debian package $pkgs, optional): benchmarks that need it will skip"
     else

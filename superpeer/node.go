@@ -62,6 +62,7 @@ type Node struct {
 	adminAddr atomic.Value
 	ready     chan struct{}
 	isReady   atomic.Bool
+	memberLog admin.MemberLog // membership changes, for the status page
 }
 
 // New loads the identity and secret, binds the peer-protocol listener (so
@@ -285,6 +286,11 @@ func (n *Node) applyView() {
 	n.pool.SetAddrs(addrs)
 	n.pool.Warm()
 	n.store.SetView(v.IDs())
+	seen := make(map[string]any, len(v.Members))
+	for _, m := range v.Members {
+		seen[m.PeerID.String()] = m
+	}
+	n.memberLog.Observe(time.Now().UTC(), seen)
 }
 
 // Leave departs gracefully, bounded by timeout: it stops admitting agents,
@@ -352,6 +358,16 @@ func (n *Node) Peers() any { return n.sessions.Peers() }
 
 // Members implements admin.Source.
 func (n *Node) Members() any { return n.mesh.View().Members }
+
+// MeshDetail implements admin.Source for the status page: the membership
+// changes applyView saw, and the super peers we hold a link to.
+func (n *Node) MeshDetail() admin.MeshDetail {
+	d := admin.MeshDetail{Events: n.memberLog.Events()}
+	for _, id := range n.pool.Links() {
+		d.Links = append(d.Links, id.String())
+	}
+	return d
+}
 
 // Serving implements admin.Source: listening and joined.
 func (n *Node) Serving() bool { return n.isReady.Load() }

@@ -1,6 +1,7 @@
 // Package admin is the super peer's operator HTTP interface
 // (ARCHITECTURE.md §9): health and readiness probes, Prometheus metrics and
-// a small JSON API (/v1/status, /v1/members, /v1/records/{aor}).
+// a small JSON API (/v1/status, /v1/members, /v1/records/{aor}, and
+// /v1/overview for the live status page served at /).
 package admin
 
 import (
@@ -32,6 +33,9 @@ type Source interface {
 	Peers() any
 	// Location fetches an AoR's location record through the store.
 	Location(ctx context.Context, aor string) (*record.Record, error)
+	// MeshDetail is what the status page adds: recent membership changes
+	// and the super peers this node is linked to.
+	MeshDetail() MeshDetail
 }
 
 // Config configures the server.
@@ -65,6 +69,8 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, cfg.Source.Members()) })
 	mux.HandleFunc("GET /v1/peers", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, cfg.Source.Peers()) })
 	mux.HandleFunc("GET /v1/records/{aor}", s.records)
+	mux.HandleFunc("GET /v1/overview", s.overview)
+	mux.HandleFunc("GET /{$}", servePage)
 	s.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
