@@ -60,6 +60,7 @@ func newApp() *cli.App {
 			recordCommand(),
 			serviceCommand(),
 			statusCommand(),
+			configCommand(),
 		},
 		Version:        version,
 		ExitErrHandler: func(*cli.Context, error) {},
