@@ -24,6 +24,9 @@ type Status struct {
 	NAT          any        `json:"nat,omitempty"`
 	NATError     string     `json:"nat_error,omitempty"`
 	SIP          any        `json:"sip"`
+	// Relay is the TURN fallback: allocation and relayed vs overlay
+	// message counts.
+	Relay *RelayStatus `json:"relay,omitempty"`
 }
 
 // Status reports the agent's state.
@@ -44,6 +47,10 @@ func (a *Agent) Status() Status {
 	}
 	if a.router != nil {
 		st.SIP = a.router.Stats()
+	}
+	if a.send != nil {
+		rs := a.send.status()
+		st.Relay = &rs
 	}
 	return st
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/p2psip/p2psip/common/registrar"
 	"github.com/p2psip/p2psip/common/siproute"
 	"github.com/p2psip/p2psip/common/wire"
+	"github.com/p2psip/p2psip/ordinarypeer/fallback"
 	"github.com/p2psip/p2psip/ordinarypeer/uplink"
 )
 
@@ -73,6 +74,11 @@ type Agent struct {
 	tcp    net.Listener
 	user   string
 	nat    natState
+	// TURN fallback (fallback.go): the allocation, the router's Sender
+	// wrapping the uplink, and the wake-up for a new attachment.
+	fb        *fallback.Relay
+	send      *sender
+	relayKick chan struct{}
 }
 
 // New builds the agent and binds its local SIP sockets (so the router's
@@ -108,6 +114,8 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, self: self, user: user,
 		log: log.With().Str("peer_id", self.Short()).Str("role", "agent").Logger()}
+	a.send, a.relayKick = newSender(a), make(chan struct{}, 1)
+	a.fb = a.newRelay()
 	a.up, err = uplink.New(uplink.Config{
 		Overlay: cfg.Overlay, Bootstrap: cfg.Bootstrap, Credentials: cfg.Credentials, Key: key,
 		Roots: cfg.Roots, CacheFile: filepath.Join(cfg.DataDir, CacheFile), Keepalive: cfg.Keepalive,
@@ -128,7 +136,7 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 	if err == nil {
 		a.router, err = siproute.New(siproute.Config{
 			Self: a.self, Overlay: cfg.Overlay, UserAgent: "p2psip-agent",
-			Locator: locator{a}, Sender: a.up, Local: a.reg,
+			Locator: locator{a}, Sender: a.send, Local: a.reg, // a.send: uplink + TURN fallback
 			RecordRouteHost: host, RecordRoutePort: port, Register: a.reg.HandleRegister, Log: a.log,
 		})
 	}
@@ -170,6 +178,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return a.reg.Run(ctx) })
 	g.Go(func() error { return a.router.Serve(ctx, a.udp, a.tcp) })
 	g.Go(func() error { return a.refreshPeerRecord(ctx) })
+	g.Go(func() error { return a.runRelay(ctx) }) // TURN fallback allocation
 	if a.cfg.Admin != "" || a.cfg.AdminListener != nil {
 		g.Go(func() error { return a.serveAdmin(ctx) })
 	}
@@ -212,6 +221,11 @@ func (a *Agent) tunnel(f *wire.Frame) {
 		var e wire.Error
 		wire.Unmarshal(f.Body, &e) //nolint:errcheck // the reason is only logged
 		a.log.Info().Str("peer_id", f.Src.Short()).Str("reason", e.Reason).Msg("tunnel destination unreachable")
+		// TURN fallback: the failed payload is re-sent through the relays
+		// and the transaction goes on.
+		if a.send.failed(f.Src, f.TxID) {
+			return
+		}
 		a.router.PeerGone(f.Src)
 		return
 	}
@@ -220,13 +234,15 @@ func (a *Agent) tunnel(f *wire.Frame) {
 
 func (a *Agent) attachment() registrar.Attachment {
 	att, _ := a.up.Attachment()
-	return registrar.Attachment{SP: att.SP, SPAddr: att.SPAddr}
+	// Relay: the TURN fallback's relayed address, stamped into contacts.
+	return registrar.Attachment{SP: att.SP, SPAddr: att.SPAddr, Relay: a.fb.Addr()}
 }
 
 // attached re-stores the peer record and every phone contact with the new
 // attachment, so routing to this agent works at once after a failover.
 func (a *Agent) attached(ctx context.Context, att uplink.Attachment) {
 	a.discoverNAT(ctx, att)
+	a.kickRelay() // the allocation must not sit on the new attachment
 	if err := a.storePeerRecord(ctx); err != nil {
 		a.log.Warn().Err(err).Msg("store peer record")
 	}
@@ -296,13 +312,15 @@ type locator struct{ a *Agent }
 
 func (l locator) Lookup(ctx context.Context, aor string) ([]record.Contact, error) {
 	rec, err := store(l).Get(ctx, aor)
-	return siproute.Contacts(aor, rec, err)
+	cs, err := siproute.Contacts(aor, rec, err)
+	l.a.send.learnContacts(cs) // relayed addresses for the TURN fallback
+	return cs, err
 }
 
 // peerInfo is this agent's peer record payload: where it is attached and
 // what its NAT looks like.
 func (a *Agent) peerInfo(att uplink.Attachment) *record.PeerInfo {
-	p := &record.PeerInfo{PeerID: a.self, SP: att.SP, SPAddr: att.SPAddr}
+	p := &record.PeerInfo{PeerID: a.self, SP: att.SP, SPAddr: att.SPAddr, Relay: a.fb.Addr()}
 	if res, _ := a.nat.get(); res != nil {
 		p.Reflexive = res.Reflexive
 		p.NAT = res.Mapping.String()

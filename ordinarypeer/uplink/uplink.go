@@ -157,14 +157,23 @@ func (u *Uplink) Session(ctx context.Context) (*client.Session, error) {
 // hint is dst's super peer if known. It does not wait for room: a full
 // queue is an error the caller reports (SIP retransmits or fails over).
 func (u *Uplink) SendTunnel(dst, hint ids.PeerID, payload []byte) error {
+	_, err := u.SendTunnelTx(dst, hint, payload)
+	return err
+}
+
+// SendTunnelTx is SendTunnel that also returns the frame's TxID, which an
+// error frame for it carries back (the agent's TURN fallback re-sends the
+// failed payload by it).
+func (u *Uplink) SendTunnelTx(dst, hint ids.PeerID, payload []byte) (uint64, error) {
 	u.mu.Lock()
 	s := u.sess
 	u.mu.Unlock()
 	if s == nil {
-		return ErrNotAttached
+		return 0, ErrNotAttached
 	}
-	return s.Conn.Send(&wire.Frame{
-		Header: wire.Header{Type: wire.TypeTunnel, Flags: wire.FlagRouted, Hops: 1, TxID: u.txid.Add(1), Src: u.self, Dst: dst, Via: hint},
+	txid := u.txid.Add(1)
+	return txid, s.Conn.Send(&wire.Frame{
+		Header: wire.Header{Type: wire.TypeTunnel, Flags: wire.FlagRouted, Hops: 1, TxID: txid, Src: u.self, Dst: dst, Via: hint},
 		Body:   payload,
 	})
 }

@@ -163,6 +163,10 @@ func (r *Router) toSuperPeerWait(ctx context.Context, from *link.Conn, sp ids.Pe
 }
 
 func (r *Router) sendTo(ctx context.Context, from *link.Conn, sp ids.PeerID, f *wire.Frame) {
+	if _, blocked := r.blocked.Load(sp); blocked {
+		r.fail(from, f, wire.Errorf(wire.CodeUnknownPeer, "super peer %s unreachable: blocked for test", sp.Short()))
+		return
+	}
 	c, err := r.cfg.Links.Conn(ctx, sp)
 	if err != nil {
 		// The hint may name a super peer that just died; the agent has

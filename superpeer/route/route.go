@@ -72,6 +72,8 @@ type Router struct {
 	draining atomic.Bool
 
 	wg sync.WaitGroup // lookups and dials in flight
+
+	blocked sync.Map // ids.PeerID → struct{}: super peers BlockForTest refuses
 }
 
 // New builds a router.

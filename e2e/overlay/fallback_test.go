@@ -1,0 +1,155 @@
+package overlay
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/p2psip/p2psip/common/record"
+	"github.com/p2psip/p2psip/common/wire"
+	"github.com/p2psip/p2psip/e2e/harness"
+	"github.com/p2psip/p2psip/e2e/harness/phone"
+	"github.com/p2psip/p2psip/superpeer"
+)
+
+// TestTURNFallback: alice's agent on sp1, bob's on sp2, each with a TURN
+// allocation on another super peer. With sp1 refusing to forward to sp2,
+// alice's INVITE comes back as a tunnel error frame; her agent re-sends it
+// from its allocation to bob's relayed address (alice → relay(alice) →
+// relay(bob) → bob) and the call completes, every payload within 3 hops.
+func TestTURNFallback(t *testing.T) {
+	o := harness.New(t)
+	o.Tune = func(c *superpeer.Config) { c.TURNAllowLoopback = true }
+	sps := []*harness.SP{o.Start(), o.Start(), o.Start()}
+	o.WaitConverged(15 * time.Second)
+	a := attachAgent(t, o, "alice", sps[0])
+	b := attachAgent(t, o, "bob", sps[1])
+	for _, x := range []*harness.Agent{a, b} {
+		harness.Eventually(t, 15*time.Second, func() error {
+			st := x.Status().Relay
+			att, _ := x.Uplink().Attachment()
+			switch {
+			case st == nil || st.Addr == "":
+				return fmt.Errorf("%s has no TURN allocation", x.User)
+			case st.Server == att.TURNAddr:
+				return fmt.Errorf("%s's allocation is on its own super peer %s", x.User, st.Server)
+			}
+			return nil
+		})
+		st := x.Status().Relay
+		t.Logf("%s: allocation on %s, relayed address %s", x.User, st.Server, st.Addr)
+	}
+	alice := agentPhone(t, o, "alice", "alice", a)
+	bob := agentPhone(t, o, "bob", "bob", b)
+	phone.MustRegister(t, alice)
+	phone.MustRegister(t, bob)
+
+	// Bob's contact carries his relayed address.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	harness.Eventually(t, 10*time.Second, func() error {
+		rec, err := lookupAoR(ctx, o, sps[0], "sip:bob@"+o.Name)
+		if err != nil {
+			return err
+		}
+		cs := liveContacts(rec)
+		if len(cs) != 1 || cs[0].Relay != b.Status().Relay.Addr {
+			return fmt.Errorf("bob's contacts %+v, want one with relay %s", cs, b.Status().Relay.Addr)
+		}
+		return nil
+	})
+
+	// So does his peer record.
+	harness.Eventually(t, 10*time.Second, func() error {
+		s, err := o.Dial(sps[2], o.Credentials("observer"), wire.RoleClient)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		rec, err := s.Get(ctx, record.KindPeer, b.ID().String())
+		if err != nil {
+			return err
+		}
+		for _, e := range rec.Live(time.Now()).Entries {
+			if e.Peer != nil && e.Peer.Relay == b.Status().Relay.Addr {
+				return nil
+			}
+		}
+		return fmt.Errorf("bob's peer record %+v has not his relayed address", rec.Entries)
+	})
+
+	t.Run("overlay path", func(t *testing.T) {
+		before := a.Status().Relay.RelayedOut
+		callAndCheck(t, alice, a, bob, b, 3)
+		if n := a.Status().Relay.RelayedOut - before; n != 0 {
+			t.Errorf("alice's agent relayed %d messages with the overlay path working", n)
+		}
+	})
+
+	// sp1 now answers every frame for bob (on sp2) with an error frame.
+	sps[0].Node.RouterForTest().BlockForTest(sps[1].Node.ID())
+	t.Run("through the relays", func(t *testing.T) {
+		aBefore, bBefore := *a.Status().Relay, *b.Status().Relay
+		callAndCheck(t, alice, a, bob, b, 3)
+		aAfter, bAfter := *a.Status().Relay, *b.Status().Relay
+		out, in := aAfter.RelayedOut-aBefore.RelayedOut, bAfter.RelayedIn-bBefore.RelayedIn
+		t.Logf("alice's agent: relayed out %d, overlay out %d; bob's agent: relayed in %d, dropped %d",
+			out, aAfter.OverlayOut-aBefore.OverlayOut, in, bAfter.Dropped)
+		// INVITE (re-sent after its error frame), ACK and BYE at least.
+		if out < 3 || in < 3 {
+			t.Errorf("relayed: alice out %d, bob in %d; want at least 3 each", out, in)
+		}
+		if bAfter.Dropped != 0 {
+			t.Errorf("bob's agent dropped %d relayed datagrams", bAfter.Dropped)
+		}
+	})
+	// And sp2 refuses sp1: bob's responses come back as error frames too
+	// and go through the relays to alice's relayed address, which his
+	// agent learnt from her relayed INVITE.
+	sps[1].Node.RouterForTest().BlockForTest(sps[0].Node.ID())
+	t.Run("both directions through the relays", func(t *testing.T) {
+		aBefore, bBefore := *a.Status().Relay, *b.Status().Relay
+		callAndCheck(t, bob, b, alice, a, 3)
+		aAfter, bAfter := *a.Status().Relay, *b.Status().Relay
+		t.Logf("bob → alice: bob's agent relayed out %d, in %d; alice's agent relayed out %d, in %d",
+			bAfter.RelayedOut-bBefore.RelayedOut, bAfter.RelayedIn-bBefore.RelayedIn,
+			aAfter.RelayedOut-aBefore.RelayedOut, aAfter.RelayedIn-aBefore.RelayedIn)
+		if bAfter.RelayedOut-bBefore.RelayedOut < 3 || aAfter.RelayedOut-aBefore.RelayedOut < 2 {
+			t.Errorf("want at least 3 relayed requests from bob and 2 relayed responses from alice")
+		}
+	})
+	// Datagrams without the P2R1 header reaching bob's allocation (the
+	// permissions let any super peer's IP in: 127.0.0.1 here) are dropped
+	// and counted.
+	t.Run("junk dropped", func(t *testing.T) {
+		before := b.Status().Relay
+		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		to, err := net.ResolveUDPAddr("udp4", before.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, junk := range [][]byte{[]byte("hello"), append([]byte("P2R2"), make([]byte, 40)...), []byte("P2R1")} {
+			if _, err := pc.WriteTo(junk, to); err != nil {
+				t.Fatal(err)
+			}
+		}
+		harness.Eventually(t, 5*time.Second, func() error {
+			if st := b.Status().Relay; st.Dropped != before.Dropped+3 || st.RelayedIn != before.RelayedIn {
+				return fmt.Errorf("bob's agent: dropped %d, relayed in %d; want %d, %d",
+					st.Dropped, st.RelayedIn, before.Dropped+3, before.RelayedIn)
+			}
+			return nil
+		})
+	})
+	for _, x := range []*harness.Agent{a, b} {
+		if s := x.Router().Stats(); s.MaxHops > 3 {
+			t.Errorf("%s's agent: max hops %d", x.User, s.MaxHops)
+		}
+	}
+}

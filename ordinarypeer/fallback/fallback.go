@@ -1,0 +1,318 @@
+// Package fallback is the ordinary-peer agent's TURN fallback
+// (ARCHITECTURE.md §6 "TURN fallback"): one TURN allocation (pion/turn/v2
+// client over its own UDP socket) on a super peer other than the agent's
+// attachment, with permissions for every super peer's IP. When the
+// overlay path to a peer fails, the agent sends the same SIP payload from
+// its allocation to the peer's relayed address: X → relay(X) → relay(Y) →
+// Y, three hops.
+//
+// Datagrams between relays carry a 20-byte header: the magic "P2R1" and
+// the sender's 16-byte Peer-ID, followed by one whole SIP message.
+package fallback
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/pion/turn/v2"
+	"github.com/rs/zerolog"
+
+	"github.com/p2psip/p2psip/common/auth"
+	"github.com/p2psip/p2psip/common/ids"
+	"github.com/p2psip/p2psip/common/logx"
+)
+
+// Magic starts every relayed datagram.
+const Magic = "P2R1"
+
+// HeaderLen is the relayed datagram header: magic and source Peer-ID.
+const HeaderLen = len(Magic) + ids.Len
+
+// maxDatagram bounds a relayed SIP message (UDP SIP stays well below).
+const maxDatagram = 65535
+
+// Errors.
+var (
+	ErrNoAllocation = errors.New("fallback: no TURN allocation")
+	errShort        = errors.New("fallback: short datagram")
+	errMagic        = errors.New("fallback: bad magic")
+)
+
+// Encode frames payload from src for the relay path.
+func Encode(src ids.PeerID, payload []byte) []byte {
+	b := make([]byte, 0, HeaderLen+len(payload))
+	b = append(b, Magic...)
+	b = append(b, src[:]...)
+	return append(b, payload...)
+}
+
+// Decode splits a relayed datagram into its source and payload (which
+// aliases b). Datagrams without the header or with an empty payload are
+// refused.
+func Decode(b []byte) (ids.PeerID, []byte, error) {
+	var src ids.PeerID
+	if len(b) <= HeaderLen {
+		return src, nil, errShort
+	}
+	if !bytes.Equal(b[:len(Magic)], []byte(Magic)) {
+		return src, nil, errMagic
+	}
+	copy(src[:], b[len(Magic):HeaderLen])
+	return src, b[HeaderLen:], nil
+}
+
+// Config configures a Relay.
+type Config struct {
+	Self ids.PeerID
+	// Realm is the TURN realm: the overlay name.
+	Realm string
+	// Credentials are the agent's own (EXPIRY:USER, password).
+	Credentials func() auth.Credentials
+	// Deliver gets every valid inbound payload with its source Peer-ID
+	// and the relayed address it came from (the sender's allocation). It
+	// owns payload.
+	Deliver func(src ids.PeerID, from string, payload []byte)
+	Log     zerolog.Logger
+}
+
+// Stats counts relayed traffic.
+type Stats struct {
+	Allocations uint64 `json:"allocations"`
+	Failures    uint64 `json:"allocation_failures"`
+	RelayedOut  uint64 `json:"relayed_out"`
+	RelayedIn   uint64 `json:"relayed_in"`
+	Dropped     uint64 `json:"dropped_in"`
+	Server      string `json:"server,omitempty"`
+	Addr        string `json:"relayed_addr,omitempty"`
+}
+
+// Relay is the agent's TURN allocation.
+type Relay struct {
+	cfg Config
+	log zerolog.Logger
+
+	mu     sync.Mutex // guards the fields below
+	cur    *alloc
+	closed bool
+
+	allocs, failures, out, in, dropped atomic.Uint64
+}
+
+// alloc is one allocation: its socket, client and relayed conn.
+type alloc struct {
+	server  string
+	sock    net.PacketConn
+	client  *turn.Client
+	relay   net.PacketConn
+	permits []string
+	dead    atomic.Bool
+}
+
+func (al *alloc) close() {
+	al.dead.Store(true)
+	al.relay.Close() // deallocates and stops refreshes
+	al.client.Close()
+	al.sock.Close()
+}
+
+// New makes a Relay without an allocation; Ensure allocates.
+func New(cfg Config) *Relay {
+	return &Relay{cfg: cfg, log: cfg.Log.With().Str("component", "fallback").Logger()}
+}
+
+// Addr is the relayed address ("" without a live allocation).
+func (r *Relay) Addr() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cur == nil || r.cur.dead.Load() {
+		return ""
+	}
+	return r.cur.relay.LocalAddr().String()
+}
+
+// Stats reports counters and the current allocation.
+func (r *Relay) Stats() Stats {
+	st := Stats{Allocations: r.allocs.Load(), Failures: r.failures.Load(), RelayedOut: r.out.Load(),
+		RelayedIn: r.in.Load(), Dropped: r.dropped.Load()}
+	r.mu.Lock()
+	if r.cur != nil && !r.cur.dead.Load() {
+		st.Server, st.Addr = r.cur.server, r.cur.relay.LocalAddr().String()
+	}
+	r.mu.Unlock()
+	return st
+}
+
+// Ensure keeps an allocation on one of servers (TURN addresses) other than
+// avoid (the attachment's TURN address), re-allocating when there is
+// none, it died, or it sits on avoid or on a server no longer listed;
+// permits are the super peers' IPs. It reports whether the relayed
+// address changed. It may block for seconds (pion retransmits to a dead
+// server for ≈ 8 s).
+func (r *Relay) Ensure(avoid string, servers, permits []string) (bool, error) {
+	r.mu.Lock()
+	cur, closed := r.cur, r.closed
+	r.mu.Unlock()
+	if closed {
+		return false, net.ErrClosed
+	}
+	slices.Sort(permits)
+	permits = slices.Compact(permits)
+	if cur != nil && !cur.dead.Load() && cur.server != avoid && slices.Contains(servers, cur.server) {
+		if !slices.Equal(cur.permits, permits) {
+			if err := permit(cur.client, permits); err != nil {
+				r.log.Warn().Err(err).Msg("TURN permissions")
+			} else {
+				cur.permits = permits
+			}
+		}
+		return false, nil
+	}
+	var errs []error
+	for _, s := range servers {
+		if s == "" || s == avoid {
+			continue
+		}
+		al, err := r.allocate(s, permits)
+		if err != nil {
+			r.failures.Add(1)
+			errs = append(errs, err)
+			continue
+		}
+		r.mu.Lock()
+		if r.closed {
+			r.mu.Unlock()
+			al.close()
+			return false, net.ErrClosed
+		}
+		old := r.cur
+		r.cur = al
+		r.mu.Unlock()
+		if old != nil {
+			old.close()
+		}
+		r.allocs.Add(1)
+		r.log.Info().Str("server", s).Str("relayed", al.relay.LocalAddr().String()).Msg("TURN allocation")
+		go r.read(al)
+		return true, nil
+	}
+	// None: drop a dead or misplaced allocation anyway.
+	r.mu.Lock()
+	old := r.cur
+	if old != nil {
+		r.cur = nil
+	}
+	r.mu.Unlock()
+	if old != nil {
+		old.close()
+	}
+	if len(errs) == 0 {
+		return old != nil, ErrNoAllocation
+	}
+	return old != nil, errors.Join(errs...)
+}
+
+func (r *Relay) allocate(server string, permits []string) (*alloc, error) {
+	sock, err := net.ListenPacket("udp4", ":0")
+	if err != nil {
+		return nil, err
+	}
+	cr := r.cfg.Credentials()
+	c, err := turn.NewClient(&turn.ClientConfig{
+		STUNServerAddr: server, TURNServerAddr: server, Conn: sock,
+		Username: cr.Username, Password: cr.Password, Realm: r.cfg.Realm,
+		LoggerFactory: logx.Pion(r.log),
+	})
+	if err != nil {
+		sock.Close()
+		return nil, err
+	}
+	if err := c.Listen(); err != nil {
+		c.Close()
+		sock.Close()
+		return nil, err
+	}
+	relay, err := c.Allocate()
+	if err != nil {
+		c.Close()
+		sock.Close()
+		return nil, err
+	}
+	al := &alloc{server: server, sock: sock, client: c, relay: relay}
+	if err := permit(c, permits); err != nil {
+		al.close()
+		return nil, err
+	}
+	al.permits = permits
+	return al, nil
+}
+
+func permit(c *turn.Client, ips []string) error {
+	addrs := make([]net.Addr, 0, len(ips))
+	for _, ip := range ips {
+		if a := net.ParseIP(ip); a != nil && a.To4() != nil {
+			addrs = append(addrs, &net.UDPAddr{IP: a})
+		}
+	}
+	if len(addrs) == 0 {
+		return nil
+	}
+	return c.CreatePermission(addrs...)
+}
+
+// read delivers inbound relayed datagrams until the allocation closes.
+func (r *Relay) read(al *alloc) {
+	buf := make([]byte, maxDatagram)
+	for {
+		n, from, err := al.relay.ReadFrom(buf)
+		if err != nil {
+			if !al.dead.Swap(true) {
+				r.log.Warn().Err(err).Str("server", al.server).Msg("TURN allocation lost")
+			}
+			return
+		}
+		src, payload, err := Decode(buf[:n])
+		if err != nil || src == r.cfg.Self {
+			r.dropped.Add(1)
+			r.log.Debug().Err(err).Str("from", from.String()).Msg("relayed datagram dropped")
+			continue
+		}
+		r.in.Add(1)
+		if r.cfg.Deliver != nil {
+			r.cfg.Deliver(src, from.String(), slices.Clone(payload))
+		}
+	}
+}
+
+// Send sends payload from the allocation to a peer's relayed address.
+func (r *Relay) Send(to string, payload []byte) error {
+	r.mu.Lock()
+	al := r.cur
+	r.mu.Unlock()
+	if al == nil || al.dead.Load() {
+		return ErrNoAllocation
+	}
+	ua, err := net.ResolveUDPAddr("udp4", to)
+	if err != nil {
+		return err
+	}
+	if _, err := al.relay.WriteTo(Encode(r.cfg.Self, payload), ua); err != nil {
+		return err
+	}
+	r.out.Add(1)
+	return nil
+}
+
+// Close deallocates.
+func (r *Relay) Close() {
+	r.mu.Lock()
+	al := r.cur
+	r.cur, r.closed = nil, true
+	r.mu.Unlock()
+	if al != nil {
+		al.close()
+	}
+}
