@@ -241,8 +241,8 @@ func (a *Agent) attachment() registrar.Attachment {
 // attached re-stores the peer record and every phone contact with the new
 // attachment, so routing to this agent works at once after a failover.
 func (a *Agent) attached(ctx context.Context, att uplink.Attachment) {
-	a.discoverNAT(ctx, att)
-	a.kickRelay() // the allocation must not sit on the new attachment
+	// Routing first: every millisecond the overlay still names the old
+	// super peer, calls to this phone fail.
 	if err := a.storePeerRecord(ctx); err != nil {
 		a.log.Warn().Err(err).Msg("store peer record")
 	}
@@ -251,6 +251,15 @@ func (a *Agent) attached(ctx context.Context, att uplink.Attachment) {
 	}
 	if att.Reattach > 0 {
 		a.log.Info().Dur("reattach", att.Reattach).Str("sp_id", att.SP.Short()).Msg("failover done")
+	}
+	a.kickRelay() // the allocation must not sit on the new attachment
+	// NAT discovery may wait seconds on a STUN server that just died (the
+	// alternates still list it until the mesh notices); its result only
+	// refines the peer record, so it runs last.
+	if a.discoverNAT(ctx, att) != nil {
+		if err := a.storePeerRecord(ctx); err != nil {
+			a.log.Warn().Err(err).Msg("store peer record")
+		}
 	}
 }
 
