@@ -2,7 +2,6 @@ package overlay
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -159,28 +158,6 @@ func TestEdgeRegisterSIPp(t *testing.T) {
 	}
 }
 
-// hopsOf returns the change in a router's tunnel payloads by hop count.
-func edgeHops(before, after [4]uint64) [4]uint64 {
-	var d [4]uint64
-	for i := range d {
-		d[i] = after[i] - before[i]
-	}
-	return d
-}
-
-// edgeCheckHops: every payload took want hops (never more than 3), at
-// least atLeast of them.
-func edgeCheckHops(t *testing.T, who string, d [4]uint64, want int, atLeast uint64) {
-	t.Helper()
-	var total uint64
-	for _, n := range d {
-		total += n
-	}
-	if want > 3 || d[want] != total || total < atLeast {
-		t.Errorf("%s: tunnel payloads by hops [other 1 2 3] = %v, want all (≥ %d) with %d hops", who, d, atLeast, want)
-	}
-}
-
 // TestEdgeCallsSIPp: a SIPp phone registered at super peer 0's edge calls
 // bob, whose phone is behind an agent attached to super peer 1, and bob
 // calls it back. Every tunnel payload takes 2 overlay hops: edge → SP1 →
@@ -213,9 +190,9 @@ func TestEdgeCallsSIPp(t *testing.T) {
 			}
 			return nil
 		})
-		da, de := edgeHops(agentBefore, b.Router().Stats().InByHops), edgeHops(edgeBefore, edge.Stats().InByHops)
-		edgeCheckHops(t, "bob's agent", da, 2, 3)  // INVITE, ACK, BYE
-		edgeCheckHops(t, "alice's edge", de, 2, 3) // 180, 200, 200 to BYE
+		da, de := hopsDelta(agentBefore, b.Router().Stats().InByHops), hopsDelta(edgeBefore, edge.Stats().InByHops)
+		checkHops(t, "bob's agent", da, 2, 3)  // INVITE, ACK, BYE
+		checkHops(t, "alice's edge", de, 2, 3) // 180, 200, 200 to BYE
 		t.Logf("tunnel payloads by hops [other 1 2 3]: bob's agent %v, edge %v", da, de)
 	})
 
@@ -231,9 +208,9 @@ func TestEdgeCallsSIPp(t *testing.T) {
 		if err := uas.Wait(20 * time.Second); err != nil {
 			t.Fatalf("%v\n%s", err, uas.Output())
 		}
-		da, de := edgeHops(agentBefore, b.Router().Stats().InByHops), edgeHops(edgeBefore, edge.Stats().InByHops)
-		edgeCheckHops(t, "edge", de, 2, 3)        // INVITE, ACK, BYE
-		edgeCheckHops(t, "bob's agent", da, 2, 3) // 180, 200, 200 to BYE
+		da, de := hopsDelta(agentBefore, b.Router().Stats().InByHops), hopsDelta(edgeBefore, edge.Stats().InByHops)
+		checkHops(t, "edge", de, 2, 3)        // INVITE, ACK, BYE
+		checkHops(t, "bob's agent", da, 2, 3) // 180, 200, 200 to BYE
 		t.Logf("tunnel payloads by hops [other 1 2 3]: bob's agent %v, edge %v", da, de)
 	})
 	if s := edge.Stats(); s.MaxHops > 3 || s.Dropped != 0 {
@@ -631,7 +608,7 @@ func TestEdgeAuthPolicy(t *testing.T) {
 		}
 		defer s.Close() //nolint:errcheck
 		err = s.WaitAnswer(ctx, sipgo.AnswerOptions{})
-		if code := edgeResponseCode(err); code != 486 {
+		if code := phone.ResponseCode(err); code != 486 {
 			t.Fatalf("registered phone calls out: %v, want the gateway's 486", err)
 		}
 		if gwInvites.Load() != before+1 {
@@ -641,16 +618,6 @@ func TestEdgeAuthPolicy(t *testing.T) {
 			t.Errorf("edge stats %+v", s)
 		}
 	})
-}
-
-// edgeResponseCode is the status of a final error response in err (0 if
-// none).
-func edgeResponseCode(err error) int {
-	var e *sipgo.ErrDialogResponse
-	if errors.As(err, &e) {
-		return e.Res.StatusCode
-	}
-	return 0
 }
 
 // TestEdgeOverload: with a small in-flight limit a burst of calls gets 503

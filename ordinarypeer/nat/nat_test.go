@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -28,27 +27,8 @@ const (
 	natIP = "5.6.7.8"
 )
 
-// testWriter sends log lines to t.Log until the test's cleanup (pion and
-// vnet goroutines may log after the test, and t.Log then panics).
-type testWriter struct {
-	mu   sync.Mutex
-	t    testing.TB
-	done bool
-}
-
-func (w *testWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
-}
-
 func testLogger(t testing.TB) zerolog.Logger {
-	w := &testWriter{t: t}
-	t.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
-	return zerolog.New(w).Level(zerolog.DebugLevel)
+	return logx.ForTest(t, zerolog.DebugLevel)
 }
 
 // world is the WAN router with a STUN server on each of its ips, started

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"net"
 	"os"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,32 +22,12 @@ const testRealm = "example.net"
 
 var testSecret = []byte("0123456789abcdef0123456789abcdef")
 
-// testWriter sends log lines to t.Log until the test's cleanup, then drops
-// them: pion's goroutines may log a line after Run returned, and t.Log
-// after the test panics.
-type testWriter struct {
-	mu   sync.Mutex
-	t    testing.TB
-	done bool
-}
-
-func (w *testWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
-}
-
 func testLogger(t testing.TB) zerolog.Logger {
-	w := &testWriter{t: t}
-	t.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
 	lvl := zerolog.InfoLevel
 	if os.Getenv("RELAY_TEST_TRACE") != "" {
 		lvl = zerolog.TraceLevel
 	}
-	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
+	return logx.ForTest(t, lvl)
 }
 
 // testServer is a running Server on 127.0.0.1 sockets.

@@ -73,26 +73,12 @@ func (s *Store) handoff(ctx context.Context, prev, next []ids.PeerID) {
 	for _, rid := range drop {
 		s.local.remove(rid)
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	failed := map[ids.PeerID]bool{}
-	sent := 0
-	for p, recs := range out {
-		sent += len(recs)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := s.pushBatches(ctx, p, recs); err != nil {
-				s.log.Warn().Err(err).Str("sp_id", p.Short()).Int("records", len(recs)).Msg("hand-off incomplete; anti-entropy will retry")
-				mu.Lock()
-				failed[p] = true
-				mu.Unlock()
-			}
-		}()
+	sent, failed := s.pushAll(ctx, out)
+	for p, err := range failed {
+		s.log.Warn().Err(err).Str("sp_id", p.Short()).Int("records", len(out[p])).Msg("hand-off incomplete; anti-entropy will retry")
 	}
-	wg.Wait()
 	for p, rids := range dropAfterPush {
-		if failed[p] {
+		if failed[p] != nil {
 			continue
 		}
 		for _, rid := range rids {
@@ -316,9 +302,21 @@ func (s *Store) Drain(ctx context.Context) (int, error) {
 			}
 		}
 	}
+	sent, failed := s.pushAll(ctx, out)
+	s.m.handoff.Add(float64(sent))
+	var errs []error
+	for _, err := range failed {
+		errs = append(errs, err)
+	}
+	return sent, errors.Join(errs...)
+}
+
+// pushAll replicates each peer's records to it, peers in parallel, and
+// returns how many records were sent and the peers that failed.
+func (s *Store) pushAll(ctx context.Context, out map[ids.PeerID][]record.Record) (int, map[ids.PeerID]error) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	var errs []error
+	failed := map[ids.PeerID]error{}
 	sent := 0
 	for p, recs := range out {
 		sent += len(recs)
@@ -327,12 +325,11 @@ func (s *Store) Drain(ctx context.Context) (int, error) {
 			defer wg.Done()
 			if _, err := s.pushBatches(ctx, p, recs); err != nil {
 				mu.Lock()
-				errs = append(errs, err)
+				failed[p] = err
 				mu.Unlock()
 			}
 		}()
 	}
 	wg.Wait()
-	s.m.handoff.Add(float64(sent))
-	return sent, errors.Join(errs...)
+	return sent, failed
 }
