@@ -24,6 +24,8 @@ func peerFlags() []cli.Flag {
 			Usage: "credentials `FILE` from `p2psip credentials issue -o`"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "sip-listen", Value: "127.0.0.1:5060", EnvVars: env("sip-listen"),
 			Usage: "local SIP `ADDR` (UDP and TCP) for the phone: its registrar and outbound proxy"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "sip-advertise", EnvVars: env("sip-advertise"),
+			Usage: "`HOST` phones reach the agent at, put in its Record-Route (default: the --sip-listen host; required with 0.0.0.0)"}),
 		altsrc.NewPathFlag(&cli.PathFlag{Name: "data-dir", Value: "./p2psip-agent", EnvVars: env("data-dir"),
 			Usage: "`DIR` for the identity key and the remembered super peers"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "role", Value: "ordinary", EnvVars: env("role"),
@@ -88,16 +90,17 @@ func runPeer(c *cli.Context) error {
 		admin = ""
 	}
 	a, err := agent.New(agent.Config{
-		Overlay:     c.String("overlay"),
-		Bootstrap:   c.StringSlice("bootstrap"),
-		Credentials: creds,
-		DataDir:     c.Path("data-dir"),
-		SIPListen:   c.String("sip-listen"),
-		Roots:       roots,
-		Insecure:    c.Bool("insecure"),
-		Keepalive:   c.Duration("keepalive"),
-		Role:        c.String("role"),
-		Admin:       admin,
+		Overlay:      c.String("overlay"),
+		Bootstrap:    c.StringSlice("bootstrap"),
+		Credentials:  creds,
+		DataDir:      c.Path("data-dir"),
+		SIPListen:    c.String("sip-listen"),
+		SIPAdvertise: c.String("sip-advertise"),
+		Roots:        roots,
+		Insecure:     c.Bool("insecure"),
+		Keepalive:    c.Duration("keepalive"),
+		Role:         c.String("role"),
+		Admin:        admin,
 	}, log)
 	if err != nil {
 		return err

@@ -47,6 +47,10 @@ type Config struct {
 	// SIPListen is the local SIP address for the phone (UDP and TCP;
 	// default 127.0.0.1:5060).
 	SIPListen string
+	// SIPAdvertise is the host phones reach the agent at, written into its
+	// Record-Route (default: the SIPListen host; required when that is
+	// 0.0.0.0 or ::, which a phone cannot send to).
+	SIPAdvertise string
 	// SIPUDP and SIPTCP, if set, are used instead of binding SIPListen.
 	SIPUDP net.PacketConn
 	SIPTCP net.Listener
@@ -129,6 +133,12 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 	}
 	host, portStr, _ := net.SplitHostPort(tcpOrUDPAddr(a.udp, a.tcp))
 	port, _ := strconv.Atoi(portStr)
+	if cfg.SIPAdvertise != "" {
+		host = cfg.SIPAdvertise
+	} else if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		a.closeSockets()
+		return nil, fmt.Errorf("agent: --sip-listen %s is a wildcard: give the address phones reach (--sip-advertise)", a.SIPAddr())
+	}
 	a.reg, err = registrar.New(registrar.Config{
 		Self: a.self, User: a.user, Overlay: cfg.Overlay, Store: store{a}, Attachment: a.attachment,
 		Log: a.log,
