@@ -55,6 +55,11 @@ type AgentStatus struct {
 	LastReattach string         `json:"last_reattach"`
 	Bindings     int            `json:"bindings"`
 	SIP          map[string]any `json:"sip"`
+	// Relay is the TURN fallback's counters (absent in builds without it).
+	Relay *struct {
+		RelayedOut uint64 `json:"relayed_out"`
+		OverlayOut uint64 `json:"overlay_out"`
+	} `json:"relay"`
 }
 
 // StartAgent starts `p2psip peer` for user on a LAN host, bootstrapping at
@@ -188,36 +193,25 @@ func (a *Agent) Caller(callee *Agent, calls, rate int) UAC {
 	}
 }
 
-// relayed describes the share of calls the agents' SIP counters say took a
-// TURN relay ("n/a" until the agents report one: the TURN fallback is
-// issue 5).
+// relayed is the share of the agents' outgoing SIP messages that took the
+// TURN relays instead of the overlay path.
 func relayed(agents ...*Agent) string {
-	var relayedN, total float64
-	var found bool
+	var relayedN, total uint64
+	found := false
 	for _, a := range agents {
 		st, err := a.Status()
-		if err != nil {
+		if err != nil || st.Relay == nil {
 			continue
 		}
-		for k, v := range st.SIP {
-			n, ok := v.(float64)
-			if !ok {
-				continue
-			}
-			switch strings.ToLower(k) {
-			case "relayed", "relayedcalls", "relayed_calls":
-				relayedN += n
-				found = true
-			case "tunnelout":
-				total += n
-			}
-		}
+		found = true
+		relayedN += st.Relay.RelayedOut
+		total += st.Relay.RelayedOut + st.Relay.OverlayOut
 	}
-	if !found {
+	switch {
+	case !found:
 		return "n/a (no TURN fallback in this build)"
-	}
-	if total == 0 {
+	case total == 0:
 		return "0%"
 	}
-	return fmt.Sprintf("%.1f%%", 100*relayedN/total)
+	return fmt.Sprintf("%.1f%% (%d of %d messages)", 100*float64(relayedN)/float64(total), relayedN, total)
 }
