@@ -2,7 +2,7 @@ package overlay
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -33,17 +33,19 @@ func TestAntiEntropyRepairsAReplica(t *testing.T) {
 	if victim.Node.Store().Held()["location"] != 0 {
 		t.Fatal("drop failed")
 	}
+	// The pushing side counts its repairs once the victim has answered,
+	// so both conditions are awaited together.
 	harness.Eventually(t, 15*time.Second, func() error {
 		if got := victim.Node.Store().Held()["location"]; got != n {
-			return errors.New("not repaired yet")
+			return fmt.Errorf("victim holds %d of %d records", got, n)
+		}
+		repaired := 0.0
+		for _, sp := range sps {
+			repaired += counter(t, sp, "p2psip_store_repairs_total", "anti_entropy")
+		}
+		if repaired < n {
+			return fmt.Errorf("%v repairs counted as anti-entropy, want %d", repaired, n)
 		}
 		return nil
 	})
-	repaired := 0.0
-	for _, sp := range sps {
-		repaired += counter(t, sp, "p2psip_store_repairs_total", "anti_entropy")
-	}
-	if repaired < n {
-		t.Fatalf("repairs not counted as anti-entropy")
-	}
 }
