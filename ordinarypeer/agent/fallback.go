@@ -9,6 +9,7 @@ package agent
 import (
 	"context"
 	"net"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -134,11 +135,11 @@ func (s *sender) SendTunnel(dst, hint ids.PeerID, payload []byte) error {
 	s.overlayOut.Add(1)
 	s.mu.Lock()
 	s.recent = append(s.recent, sentPayload{txid: txid, dst: dst, payload: payload, at: now})
-	i := 0
-	for i < len(s.recent) && now.Sub(s.recent[i].at) > recentFor {
-		i++
-	}
-	if i > 0 {
+	// This runs for every tunnel message: drop expired entries in bulk once
+	// they are half the slice (one copy per many sends), not with a shift
+	// of the whole slice on each send. failed() checks ages anyway.
+	i := sort.Search(len(s.recent), func(i int) bool { return now.Sub(s.recent[i].at) <= recentFor })
+	if i > 0 && i >= len(s.recent)/2 {
 		s.recent = append(s.recent[:0], s.recent[i:]...)
 	}
 	s.mu.Unlock()

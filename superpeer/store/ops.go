@@ -66,7 +66,10 @@ func (s *Store) write(ctx context.Context, rec *record.Record, w Writer) (Result
 	acks := make(chan error, len(replicas))
 	for _, p := range replicas {
 		if p == s.cfg.Self {
-			_, err := s.applyLocal(rec, w.Name(), w.PeerID)
+			// Put and Remove validated and authorized rec already; the
+			// replica checks of applyLocal are for records from other
+			// super peers, and would only repeat that work here.
+			_, err := s.local.merge(rid, rec)
 			acks <- err
 			continue
 		}
