@@ -126,6 +126,17 @@ func (s *Session) Put(ctx context.Context, rec *record.Record) (*wire.StoreResp,
 	return &resp, nil
 }
 
+// PutState is Put that also returns the record's live entries as the
+// write quorum holds them after the write (nil when none is live, or when
+// the super peer predates StoreReq.Echo: then read it with Get).
+func (s *Session) PutState(ctx context.Context, rec *record.Record) (*wire.StoreResp, error) {
+	var resp wire.StoreResp
+	if err := s.call(ctx, wire.TypeStore, &wire.StoreReq{Record: *rec, Echo: true}, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
 // Get fetches the live entries of a record.
 func (s *Session) Get(ctx context.Context, kind record.Kind, name string) (*record.Record, error) {
 	var resp wire.FetchResp

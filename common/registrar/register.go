@@ -120,12 +120,13 @@ func (g *Registrar) register(req *sip.Request, aor, user string) (*sip.Response,
 	if err != nil {
 		return nil, err
 	}
+	var state *record.Record
 	if len(ups) > 0 {
-		if err := g.apply(ctx, aor, user, ups, now); err != nil {
+		if state, err = g.apply(ctx, aor, user, ups, now); err != nil {
 			return nil, err
 		}
 	}
-	return g.ok(ctx, req, aor, now), nil
+	return g.ok(ctx, req, aor, state, now), nil
 }
 
 // checkAOR returns the normalized AoR of the To URI: this agent's user in
@@ -319,8 +320,9 @@ func (g *Registrar) removeAll(ctx context.Context, aor, user, callID string, cse
 	return ups, nil
 }
 
-// apply writes the updates to the overlay, then to the table.
-func (g *Registrar) apply(ctx context.Context, aor, user string, ups []update, now time.Time) error {
+// apply writes the updates to the overlay, then to the table. It returns
+// the AoR's live record after the write when the store can tell.
+func (g *Registrar) apply(ctx context.Context, aor, user string, ups []update, now time.Time) (*record.Record, error) {
 	att := g.cfg.Attachment()
 	rec := &record.Record{Kind: record.KindLocation, Name: aor}
 	for i := range ups {
@@ -351,9 +353,16 @@ func (g *Registrar) apply(ctx context.Context, aor, user string, ups []update, n
 			Expires: exp, Removed: true, Writer: user,
 		})
 	}
-	if err := g.cfg.Store.Put(ctx, user, rec); err != nil {
+	var state *record.Record
+	var err error
+	if sp, ok := g.cfg.Store.(StatePutter); ok {
+		state, err = sp.PutState(ctx, user, rec)
+	} else {
+		err = g.cfg.Store.Put(ctx, user, rec)
+	}
+	if err != nil {
 		g.log.Warn().Err(err).Str("aor", aor).Msg("location store failed")
-		return refuse(503, "Service Unavailable",
+		return nil, refuse(503, "Service Unavailable",
 			sip.NewHeader("Retry-After", strconv.Itoa(int(g.cfg.RetryAfter/time.Second))))
 	}
 	g.mu.Lock()
@@ -372,19 +381,24 @@ func (g *Registrar) apply(ctx context.Context, aor, user string, ups []update, n
 			g.log.Debug().Str("aor", aor).Str("contact", u.b.uri).Msg("binding removed")
 		}
 	}
-	return nil
+	return state, nil
 }
 
 // ok builds the 200: every live contact of the AoR as the overlay has it
-// after the write (other agents' too), or this agent's when the read fails.
-func (g *Registrar) ok(ctx context.Context, req *sip.Request, aor string, now time.Time) *sip.Response {
+// after the write (other agents' too): state when the write returned it,
+// else read; this agent's own bindings when the read fails.
+func (g *Registrar) ok(ctx context.Context, req *sip.Request, aor string, state *record.Record, now time.Time) *sip.Response {
 	res := sip.NewResponseFromRequest(req, 200, "OK", nil)
 	type contact struct {
 		uri string
 		exp int64
 	}
 	var list []contact
-	if rec := g.fetch(ctx, aor); rec != nil {
+	rec := state
+	if rec == nil {
+		rec = g.fetch(ctx, aor)
+	}
+	if rec != nil {
 		for _, e := range rec.Live(now).Entries {
 			if e.Contact != nil {
 				list = append(list, contact{e.Contact.URI, e.Expires - now.Unix()})

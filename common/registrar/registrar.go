@@ -27,6 +27,13 @@ type Store interface {
 	Get(ctx context.Context, aor string) (*record.Record, error)
 }
 
+// StatePutter is a Store that can answer a write with the AoR's live
+// record as the write quorum holds it afterwards (nil when it cannot
+// tell): the 200 then needs no second read of the overlay.
+type StatePutter interface {
+	PutState(ctx context.Context, user string, rec *record.Record) (*record.Record, error)
+}
+
 // Attachment is where this node is attached now; it is stamped on every
 // stored contact.
 type Attachment struct {
@@ -398,7 +405,7 @@ func (g *Registrar) dropFlow(aor, fk string) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.StoreTimeout)
 	defer cancel()
-	if err := g.apply(ctx, aor, ups[0].b.user, ups, now); err != nil {
+	if _, err := g.apply(ctx, aor, ups[0].b.user, ups, now); err != nil {
 		g.log.Warn().Err(err).Str("aor", aor).Msg("tombstones for a closed flow not stored")
 		g.mu.Lock()
 		for _, u := range ups {

@@ -208,3 +208,57 @@ func (s *slowStore) Put(ctx context.Context, user string, rec *record.Record) er
 	}
 	return s.memStore.Put(ctx, user, rec)
 }
+
+// stateStore is a memStore that answers writes with the state after them,
+// as the overlay's store does (StoreReq.Echo), and counts reads.
+type stateStore struct {
+	*memStore
+	gets int
+}
+
+func (s *stateStore) PutState(ctx context.Context, user string, rec *record.Record) (*record.Record, error) {
+	if err := s.memStore.Put(ctx, user, rec); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.recs[rec.Name].Live(time.Now()), nil
+}
+
+func (s *stateStore) Get(ctx context.Context, aor string) (*record.Record, error) {
+	s.mu.Lock()
+	s.gets++
+	s.mu.Unlock()
+	return s.memStore.Get(ctx, aor)
+}
+
+// TestStateFromWrite: with a store that returns the state after a write,
+// a REGISTER costs one write and no read, and its 200 still lists every
+// binding of the AoR, including those another registrar wrote.
+func TestStateFromWrite(t *testing.T) {
+	g, mem := newEdgeRegistrar(t)
+	st := &stateStore{memStore: mem}
+	g.cfg.Store = st
+	// Another registrar (another super peer's edge) bound alice elsewhere.
+	other := &record.Record{Kind: record.KindLocation, Name: "sip:alice@example.net", Entries: []record.Entry{{
+		Key: "sip:alice@198.51.100.99:5060", Version: 1, Expires: time.Now().Add(time.Hour).Unix(), Writer: "alice",
+		Contact: &record.Contact{URI: "sip:alice@198.51.100.99:5060", SP: ids.PeerID{0xed, 2}},
+	}}}
+	if err := mem.Put(context.Background(), "alice", other); err != nil {
+		t.Fatal(err)
+	}
+	res := g.handle(register("alice", "alice", "sip:alice@192.168.1.10:5060", "UDP", "198.51.100.7:40000", 600))
+	if res.StatusCode != 200 {
+		t.Fatalf("register: %d %s", res.StatusCode, res.Reason)
+	}
+	if st.gets != 0 {
+		t.Errorf("%d reads for a REGISTER whose write returned the state", st.gets)
+	}
+	var got []string
+	for _, h := range res.GetHeaders("Contact") {
+		got = append(got, h.Value())
+	}
+	if len(got) != 2 || !strings.Contains(strings.Join(got, " "), "198.51.100.99") || !strings.Contains(strings.Join(got, " "), "192.168.1.10") {
+		t.Errorf("200 lists %q, want both bindings", got)
+	}
+}

@@ -71,12 +71,19 @@ type Ping struct {
 // the record's entries (merged into what the replicas hold).
 type StoreReq struct {
 	Record record.Record `cbor:"1,keyasint"`
+	// Echo asks for the record's live state as the write quorum holds it
+	// after the write (StoreResp.Record): a registrar's 200 lists every
+	// binding, and this saves it a quorum read.
+	Echo bool `cbor:"2,keyasint,omitempty"`
 }
 
 // StoreResp reports how many replicas acknowledged.
 type StoreResp struct {
 	Acks     int `cbor:"1,keyasint"`
 	Replicas int `cbor:"2,keyasint"`
+	// Record is the live state after the write when Echo was asked (nil
+	// when it has no live entry, or from a super peer that predates Echo).
+	Record *record.Record `cbor:"3,keyasint,omitempty"`
 }
 
 // FetchReq names one record.
@@ -118,11 +125,17 @@ type ReplicateReq struct {
 	Writer string `cbor:"2,keyasint,omitempty"`
 	// WriterPeer is the writer session's Peer-ID (peer records).
 	WriterPeer ids.PeerID `cbor:"3,keyasint,omitempty"`
+	// Echo asks the replica to return its copy of each record after the
+	// merge (ReplicateResp.Records), so that the coordinator can answer a
+	// write with the quorum's state (StoreReq.Echo).
+	Echo bool `cbor:"4,keyasint,omitempty"`
 }
 
 // ReplicateResp reports how many records changed the replica.
 type ReplicateResp struct {
 	Applied int `cbor:"1,keyasint"`
+	// Records are the replica's copies after the merge, when Echo was asked.
+	Records []record.Record `cbor:"2,keyasint,omitempty"`
 }
 
 // BucketDigest summarises the records of one bucket shared by two replicas.

@@ -22,6 +22,7 @@ import (
 // Store is the overlay database as the edge uses it (*store.Store).
 type Store interface {
 	Put(ctx context.Context, w store.Writer, rec *record.Record) (store.Result, error)
+	PutState(ctx context.Context, w store.Writer, rec *record.Record) (store.Result, *record.Record, error)
 	Get(ctx context.Context, kind record.Kind, name string) (*record.Record, error)
 }
 
@@ -200,6 +201,13 @@ type regStore struct{ s Store }
 func (r regStore) Put(ctx context.Context, user string, rec *record.Record) error {
 	_, err := r.s.Put(ctx, store.Writer{User: user}, rec)
 	return err
+}
+
+// PutState writes and returns the quorum's state after the write, so that
+// the registrar's 200 costs no second quorum read.
+func (r regStore) PutState(ctx context.Context, user string, rec *record.Record) (*record.Record, error) {
+	_, state, err := r.s.PutState(ctx, store.Writer{User: user}, rec)
+	return state, err
 }
 
 func (r regStore) Get(ctx context.Context, aor string) (*record.Record, error) {

@@ -84,6 +84,13 @@ func (s *Server) dispatch(ctx context.Context, peer Peer, w store.Writer, f *wir
 		if err := decode(f, &req); err != nil {
 			return nil, err
 		}
+		if req.Echo {
+			res, state, err := st.PutState(ctx, w, &req.Record)
+			if err != nil {
+				return nil, err
+			}
+			return &wire.StoreResp{Acks: res.Acks, Replicas: res.Replicas, Record: state}, nil
+		}
 		res, err := st.Put(ctx, w, &req.Record)
 		if err != nil {
 			return nil, err

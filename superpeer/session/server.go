@@ -32,6 +32,7 @@ import (
 // Store is what sessions need of the database.
 type Store interface {
 	Put(ctx context.Context, w store.Writer, rec *record.Record) (store.Result, error)
+	PutState(ctx context.Context, w store.Writer, rec *record.Record) (store.Result, *record.Record, error)
 	Get(ctx context.Context, kind record.Kind, name string) (*record.Record, error)
 	Remove(ctx context.Context, w store.Writer, kind record.Kind, name string, keys []string) (store.Result, error)
 	Find(ctx context.Context, service string) (*record.Record, error)

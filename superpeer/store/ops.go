@@ -25,8 +25,38 @@ type Result struct {
 func (s *Store) Put(ctx context.Context, w Writer, rec *record.Record) (res Result, err error) {
 	start := time.Now()
 	defer func() { s.observe("put", start, err) }()
-	if _, err := s.state(); err != nil {
+	if rec, err = s.admit(w, rec); err != nil {
 		return Result{}, err
+	}
+	res, _, err = s.write(ctx, rec, w, false)
+	return res, err
+}
+
+// PutState is Put that also returns the record's live entries as the
+// write quorum holds them after the write (nil when none is live): the
+// write quorum doubles as a read quorum (W + R > N with R = W), so it
+// sees every write that completed before this one, as Get would, without
+// a second round trip.
+func (s *Store) PutState(ctx context.Context, w Writer, rec *record.Record) (res Result, state *record.Record, err error) {
+	start := time.Now()
+	defer func() { s.observe("put", start, err) }()
+	if rec, err = s.admit(w, rec); err != nil {
+		return Result{}, nil, err
+	}
+	res, state, err = s.write(ctx, rec, w, true)
+	if err != nil || state == nil {
+		return res, nil, err
+	}
+	if live := state.Live(s.cfg.Now()); len(live.Entries) > 0 {
+		return res, live, nil
+	}
+	return res, nil, nil
+}
+
+// admit stamps a copy of rec for w and checks it as §3 says.
+func (s *Store) admit(w Writer, rec *record.Record) (*record.Record, error) {
+	if _, err := s.state(); err != nil {
+		return nil, err
 	}
 	rec = rec.Clone()
 	now := s.cfg.Now()
@@ -42,56 +72,85 @@ func (s *Store) Put(ctx context.Context, w Writer, rec *record.Record) (res Resu
 	}
 	rec.Normalize()
 	if err := rec.Validate(); err != nil {
-		return Result{}, wire.Errorf(wire.CodeBadRequest, "%v", err)
+		return nil, wire.Errorf(wire.CodeBadRequest, "%v", err)
 	}
 	if len(rec.Entries) == 0 {
-		return Result{}, wire.Errorf(wire.CodeBadRequest, "record has no entries")
+		return nil, wire.Errorf(wire.CodeBadRequest, "record has no entries")
 	}
 	if err := s.authorize(w, rec); err != nil {
-		return Result{}, err
+		return nil, err
 	}
-	return s.write(ctx, rec, w)
+	return rec, nil
 }
 
-// write sends rec to its replica set and returns once a quorum acknowledged.
-func (s *Store) write(ctx context.Context, rec *record.Record, w Writer) (Result, error) {
+// ack is one replica's answer to a write: its copy after the merge when
+// the coordinator asked for it.
+type ack struct {
+	err   error
+	state []record.Record
+}
+
+// write sends rec to its replica set and returns once a quorum
+// acknowledged; with echo, also the merge of the acknowledging replicas'
+// copies after the write.
+func (s *Store) write(ctx context.Context, rec *record.Record, w Writer, echo bool) (Result, *record.Record, error) {
 	st, err := s.state()
 	if err != nil {
-		return Result{}, err
+		return Result{}, nil, err
 	}
 	rid := rec.ResourceID()
 	replicas := s.Replicas(rid)
 	need := s.quorum(len(replicas))
-	req := &wire.ReplicateReq{Records: []record.Record{*rec}, Writer: w.Name(), WriterPeer: w.PeerID}
-	acks := make(chan error, len(replicas))
+	req := &wire.ReplicateReq{Records: []record.Record{*rec}, Writer: w.Name(), WriterPeer: w.PeerID, Echo: echo}
+	acks := make(chan ack, len(replicas))
 	for _, p := range replicas {
 		if p == s.cfg.Self {
 			// Put and Remove validated and authorized rec already; the
 			// replica checks of applyLocal are for records from other
 			// super peers, and would only repeat that work here.
 			_, err := s.local.merge(rid, rec)
-			acks <- err
+			a := ack{err: err}
+			if echo && err == nil {
+				if cur := s.local.get(rid); cur != nil {
+					a.state = []record.Record{*cur}
+				}
+			}
+			acks <- a
 			continue
 		}
 		st.wg.Add(1)
 		go func() {
 			defer st.wg.Done()
-			acks <- s.send(st.ctx, p, req)
+			resp, err := s.sendBatch(st.ctx, p, req)
+			a := ack{err: err}
+			if err == nil {
+				a.state = resp.Records
+			}
+			acks <- a
 		}()
 	}
 	var got, failed int
 	var last error
+	var state *record.Record
+	if echo {
+		state = &record.Record{Kind: rec.Kind, Name: rec.Name}
+	}
 	for got < need && got+failed < len(replicas) {
 		select {
-		case err := <-acks:
-			if err != nil {
+		case a := <-acks:
+			if a.err != nil {
 				failed++
-				last = err
+				last = a.err
 				continue
 			}
 			got++
+			for i := range a.state {
+				if _, err := record.Merge(state, &a.state[i]); err != nil {
+					s.log.Warn().Err(err).Str("resource_id", rid.Short()).Msg("replica echoed a mismatched record")
+				}
+			}
 		case <-ctx.Done():
-			return Result{Acks: got, Replicas: len(replicas)}, fmt.Errorf("store %s: %w", rid.Short(), ctx.Err())
+			return Result{Acks: got, Replicas: len(replicas)}, nil, fmt.Errorf("store %s: %w", rid.Short(), ctx.Err())
 		}
 	}
 	if got < need {
@@ -99,12 +158,12 @@ func (s *Store) write(ctx context.Context, rec *record.Record, w Writer) (Result
 		// the writer than "no quorum".
 		var we *wire.Error
 		if errors.As(last, &we) && (we.Code == wire.CodeForbidden || we.Code == wire.CodeBadRequest) {
-			return Result{Acks: got, Replicas: len(replicas)}, we
+			return Result{Acks: got, Replicas: len(replicas)}, nil, we
 		}
 		s.log.Warn().Err(last).Str("resource_id", rid.Short()).Int("acks", got).Int("need", need).Msg("write quorum not reached")
-		return Result{Acks: got, Replicas: len(replicas)}, ErrNoQuorum
+		return Result{Acks: got, Replicas: len(replicas)}, nil, ErrNoQuorum
 	}
-	return Result{Acks: got, Replicas: len(replicas)}, nil
+	return Result{Acks: got, Replicas: len(replicas)}, state, nil
 }
 
 // send replicates to one peer, bounded by the store's timeout.
@@ -297,7 +356,7 @@ func (s *Store) Remove(ctx context.Context, w Writer, kind record.Kind, name str
 	}
 	tomb.Normalize()
 	start := time.Now()
-	res, err := s.write(ctx, tomb, w)
+	res, _, err := s.write(ctx, tomb, w, false)
 	s.observe("remove", start, err)
 	return res, err
 }

@@ -103,6 +103,11 @@ func (s *Store) HandleReplicate(from ids.PeerID, req *wire.ReplicateReq) (*wire.
 		if changed {
 			resp.Applied++
 		}
+		if req.Echo {
+			if cur := s.local.get(rec.ResourceID()); cur != nil {
+				resp.Records = append(resp.Records, *cur)
+			}
+		}
 	}
 	// A single-record write reports its refusal; a batch applies what it can.
 	if firstErr != nil && len(req.Records) == 1 {
