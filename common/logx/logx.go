@@ -28,6 +28,11 @@ type Options struct {
 	Level string
 	// Out is where lines go; nil means stderr.
 	Out io.Writer
+	// Sample thins per-message lines (debug and trace) so that a busy
+	// node cannot drown in its own logs: ParseSample syntax, "" means
+	// DefaultSample, "off" keeps every line. Info and above are never
+	// sampled; lifecycle lines therefore log at info.
+	Sample string
 }
 
 // New builds the process's root logger.
@@ -51,7 +56,19 @@ func New(o Options) (zerolog.Logger, error) {
 	default:
 		return zerolog.Nop(), fmt.Errorf("log format %q: want json or console", o.Format)
 	}
-	return zerolog.New(out).Level(lvl).With().Timestamp().Logger(), nil
+	sample := DefaultSample
+	if o.Sample != "" {
+		sample = o.Sample
+	}
+	sp, err := ParseSample(sample)
+	if err != nil {
+		return zerolog.Nop(), fmt.Errorf("log sample %q: %w", sample, err)
+	}
+	l := zerolog.New(out).Level(lvl).With().Timestamp().Logger()
+	if !sp.Off() && lvl <= zerolog.DebugLevel {
+		l = l.Sample(newSampler(sp, l))
+	}
+	return l, nil
 }
 
 // Component returns a child logger scoped to one subsystem.
