@@ -43,8 +43,16 @@ type Config struct {
 	// write needs (default a majority).
 	Replicas    int
 	WriteQuorum int
-	// Promotion is "off" or "auto" (promotion of reachable agents).
+	// Promotion is "off" (default) or "auto": promotion of reachable
+	// agents (superpeer/promote). A promoted node receives the overlay
+	// secret, so carriers keep it off.
 	Promotion string
+	// PromotionMinUptime is how long an agent must have run before it is
+	// promoted (0: no minimum; the command line's default is 10m).
+	PromotionMinUptime time.Duration
+	// PromotionRatio is the target number of ordinary peers per super
+	// peer: agents are promoted only while the mesh has more (0: always).
+	PromotionRatio int
 	// Capacity is how many agents this super peer admits (advertised).
 	Capacity int
 	// Keepalive is the Ping interval agents are told to keep (default 25s).
@@ -157,6 +165,9 @@ func (c *Config) setDefaults() error {
 	case "off", "auto":
 	default:
 		return fmt.Errorf("promotion %q: want off or auto", c.Promotion)
+	}
+	if c.PromotionMinUptime < 0 || c.PromotionRatio < 0 {
+		return errors.New("promotion minimum uptime and ratio must not be negative")
 	}
 	if c.Replicas < 0 || c.Replicas > 7 {
 		return fmt.Errorf("replicas %d: want 1..7", c.Replicas)

@@ -26,6 +26,7 @@ import (
 	"github.com/p2psip/p2psip/superpeer/edge"
 	"github.com/p2psip/p2psip/superpeer/mesh"
 	"github.com/p2psip/p2psip/superpeer/peers"
+	"github.com/p2psip/p2psip/superpeer/promote"
 	"github.com/p2psip/p2psip/superpeer/relay"
 	"github.com/p2psip/p2psip/superpeer/route"
 	"github.com/p2psip/p2psip/superpeer/session"
@@ -181,9 +182,18 @@ func (n *Node) build(key ed25519.PrivateKey) error {
 	if err := n.buildEdge(cert, advertised); err != nil {
 		return fmt.Errorf("sip edge: %w", err)
 	}
+	promoter, err := promote.New(promote.Config{
+		Self: n.id, Overlay: cfg.Overlay, Secret: cfg.Secret, Replicas: cfg.Replicas, WriteQuorum: cfg.WriteQuorum,
+		Policy:  promote.Policy{Mode: cfg.Promotion, MinUptime: cfg.PromotionMinUptime, Ratio: cfg.PromotionRatio},
+		Members: func() []mesh.Member { return n.mesh.View().Members },
+		Links:   n.pool, Cert: &cert, Registerer: n.reg,
+	}, n.log)
+	if err != nil {
+		return err
+	}
 	n.sessions, err = session.New(session.Config{
 		Listener: cfg.PeerListener, TLS: auth.ServerTLSConfig(cert), Self: n.id, Overlay: cfg.Overlay,
-		Secret: cfg.Secret, CA: ca.Pool(), Store: n.store, Pool: n.pool, Router: n.router, Registerer: n.reg,
+		Secret: cfg.Secret, CA: ca.Pool(), Store: n.store, Pool: n.pool, Router: n.router, Promoter: promoter, Registerer: n.reg,
 	}, n.log)
 	if err != nil {
 		return err

@@ -3,6 +3,9 @@ package main
 import (
 	"crypto/x509"
 	"fmt"
+	"path/filepath"
+
+	"github.com/rs/zerolog"
 
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
@@ -10,6 +13,8 @@ import (
 	"github.com/p2psip/p2psip/common/auth"
 	"github.com/p2psip/p2psip/common/logx"
 	"github.com/p2psip/p2psip/ordinarypeer/agent"
+	"github.com/p2psip/p2psip/superpeer"
+	"github.com/p2psip/p2psip/superpeer/promoted"
 )
 
 // peerFlags are the flags of `p2psip peer` (ARCHITECTURE.md §11), each also
@@ -29,7 +34,21 @@ func peerFlags() []cli.Flag {
 		altsrc.NewPathFlag(&cli.PathFlag{Name: "data-dir", Value: "./p2psip-agent", EnvVars: env("data-dir"),
 			Usage: "`DIR` for the identity key and the remembered super peers"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "role", Value: "ordinary", EnvVars: env("role"),
-			Usage: "`ordinary`, or auto (become a super peer if found reachable)"}),
+			Usage: "`ordinary`, or auto (become a super peer if found reachable and the overlay promotes)"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "promote-listen", Value: "0.0.0.0:6084", EnvVars: env("promote-listen"),
+			Usage: "with --role auto, the peer-protocol `ADDR` the node listens on as a would-be super peer (the overlay dials back there)"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "advertise", EnvVars: env("advertise"),
+			Usage: "with --role auto, the public `IP` of this node (default: the address its uplink leaves from, which must be public)"}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "promote-gossip-port", Value: 7946, EnvVars: env("promote-gossip-port"),
+			Usage: "with --role auto, mesh gossip TCP+UDP `PORT` once promoted"}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "promote-sip-port", Value: 5062, EnvVars: env("promote-sip-port"),
+			Usage: "with --role auto, SIP edge UDP+TCP `PORT` once promoted (5060 is usually the phone's agent)"}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "promote-sips-port", Value: 5063, EnvVars: env("promote-sips-port"),
+			Usage: "with --role auto, SIP edge TLS `PORT` once promoted"}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "promote-turn-port", Value: 3478, EnvVars: env("promote-turn-port"),
+			Usage: "with --role auto, STUN/TURN UDP+TCP `PORT` once promoted"}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "promote-admin", Value: "127.0.0.1:6085", EnvVars: env("promote-admin"),
+			Usage: "with --role auto, the super peer's admin HTTP `ADDR` once promoted; \"off\" disables it"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "admin", Value: "127.0.0.1:6086", EnvVars: env("admin"),
 			Usage: "status HTTP `ADDR` (/healthz, /readyz, /v1/status); \"off\" disables it"}),
 		altsrc.NewPathFlag(&cli.PathFlag{Name: "ca-file", EnvVars: env("ca-file"),
@@ -89,6 +108,12 @@ func runPeer(c *cli.Context) error {
 	if admin == "off" {
 		admin = ""
 	}
+	var promoter agent.Promoter
+	if c.String("role") == "auto" {
+		if promoter, err = newPromoter(c, log); err != nil {
+			return err
+		}
+	}
 	a, err := agent.New(agent.Config{
 		Overlay:      c.String("overlay"),
 		Bootstrap:    c.StringSlice("bootstrap"),
@@ -100,10 +125,34 @@ func runPeer(c *cli.Context) error {
 		Insecure:     c.Bool("insecure"),
 		Keepalive:    c.Duration("keepalive"),
 		Role:         c.String("role"),
+		Promoter:     promoter,
 		Admin:        admin,
 	}, log)
 	if err != nil {
 		return err
 	}
 	return a.Run(c.Context)
+}
+
+// newPromoter builds the would-be super peer of `peer --role auto`; its
+// own identity lives in DATA-DIR/superpeer (superpeer/promoted).
+func newPromoter(c *cli.Context, log zerolog.Logger) (agent.Promoter, error) {
+	for _, name := range []string{"promote-gossip-port", "promote-sip-port", "promote-sips-port", "promote-turn-port"} {
+		if p := c.Int(name); p < 0 || p > 65535 {
+			return nil, fmt.Errorf("--%s %d: want 0..65535", name, p)
+		}
+	}
+	return promoted.New(promoted.Config{
+		Listen:    c.String("promote-listen"),
+		Advertise: c.String("advertise"),
+		DataDir:   filepath.Join(c.Path("data-dir"), "superpeer"),
+		Template: superpeer.Config{
+			Overlay:    c.String("overlay"),
+			GossipPort: cliPort(c.Int("promote-gossip-port")),
+			SIPPort:    cliPort(c.Int("promote-sip-port")),
+			SIPSPort:   cliPort(c.Int("promote-sips-port")),
+			TURNPort:   cliPort(c.Int("promote-turn-port")),
+			Admin:      c.String("promote-admin"),
+		},
+	}, log)
 }

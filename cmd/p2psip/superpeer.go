@@ -69,7 +69,11 @@ func superpeerFlags() []cli.Flag {
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "capacity", Value: 100000, EnvVars: env("capacity"),
 			Usage: "`N` agents this super peer admits (advertised to the mesh)"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "promotion", Value: "off", EnvVars: env("promotion"),
-			Usage: "`off` or auto (promote reachable agents to super peers)"}),
+			Usage: "`off` or auto (promote reachable agents started with --role auto to super peers; they receive the overlay secret, so carriers keep this off)"}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "promotion-min-uptime", Value: 10 * time.Minute, EnvVars: env("promotion-min-uptime"),
+			Usage: "with --promotion auto, how long an agent must have run before it is promoted (`DURATION`)"}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "promotion-ratio", EnvVars: env("promotion-ratio"),
+			Usage: "with --promotion auto, promote only while the mesh has more than `N` attached agents per super peer (0: whenever a reachable agent asks)"}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "drain-timeout", Value: 10 * time.Second, EnvVars: env("drain-timeout"),
 			Usage: "on SIGTERM, at most `DURATION` to hand records over and move attached agents before leaving"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "json", EnvVars: env("log-format"),
@@ -126,6 +130,9 @@ func runSuperpeer(c *cli.Context) error {
 		WriteQuorum: c.Int("write-quorum"),
 		Capacity:    c.Int("capacity"),
 		Promotion:   c.String("promotion"),
+
+		PromotionMinUptime: c.Duration("promotion-min-uptime"),
+		PromotionRatio:     c.Int("promotion-ratio"),
 
 		SIPPort:         cliPort(c.Int("sip-port")),
 		SIPSPort:        cliPort(c.Int("sips-port")),

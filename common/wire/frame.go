@@ -87,11 +87,15 @@ const (
 	TypeLeave Type = 12
 	// TypeAttach: agent → SP, ask to be admitted. Body Attach; reply AttachResult.
 	TypeAttach Type = 13
+	// TypePromote: agent (role auto) → its SP, ask to become a super peer. Body PromoteReq; reply PromoteResp.
+	TypePromote Type = 14
+	// TypeDialBack: SP → SP, test that a node answers at its advertised address. Body DialBackReq; reply DialBackResp.
+	TypeDialBack Type = 15
 
-	maxType = TypeAttach
+	maxType = TypeDialBack
 )
 
-var typeNames = [...]string{"", "hello", "ping", "store", "fetch", "remove", "find", "replicate", "read", "digest", "sync", "tunnel", "leave", "attach"}
+var typeNames = [...]string{"", "hello", "ping", "store", "fetch", "remove", "find", "replicate", "read", "digest", "sync", "tunnel", "leave", "attach", "promote", "dialback"}
 
 func (t Type) String() string {
 	if t >= 1 && t <= maxType {

@@ -153,7 +153,7 @@ func FuzzReadFrame(f *testing.F) {
 			t.Fatalf("re-decode mismatch: %v", err)
 		}
 		// Bodies of every message type decode without panicking.
-		for _, v := range []any{&Hello{}, &StoreReq{}, &FetchResp{}, &ReplicateReq{}, &DigestReq{}, &Error{}} {
+		for _, v := range []any{&Hello{}, &StoreReq{}, &FetchResp{}, &ReplicateReq{}, &DigestReq{}, &Error{}, &PromoteReq{}, &PromoteResp{}, &DialBackReq{}} {
 			_ = Unmarshal(fr.Body, v)
 		}
 	})

@@ -21,6 +21,9 @@ const (
 	RoleAgent Role = 2
 	// RoleSuperPeer: another super peer opening a data-plane link.
 	RoleSuperPeer Role = 3
+	// RoleProbe: a super peer's dial-back test of a node that asked to be
+	// promoted; the node answers HelloOK with its Peer-ID and hangs up.
+	RoleProbe Role = 4
 )
 
 // MarshalText shows the role's name in JSON.
@@ -34,6 +37,8 @@ func (r Role) String() string {
 		return "agent"
 	case RoleSuperPeer:
 		return "superpeer"
+	case RoleProbe:
+		return "probe"
 	}
 	return fmt.Sprintf("role(%d)", uint8(r))
 }

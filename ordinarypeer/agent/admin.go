@@ -27,6 +27,10 @@ type Status struct {
 	// Relay is the TURN fallback: allocation and relayed vs overlay
 	// message counts.
 	Relay *RelayStatus `json:"relay,omitempty"`
+	// Role is "ordinary" or "superpeer" (promoted); Promotion, with role
+	// auto, says why not (yet) or where its super peer is.
+	Role      string           `json:"role"`
+	Promotion *PromotionStatus `json:"promotion,omitempty"`
 }
 
 // Status reports the agent's state.
@@ -47,6 +51,11 @@ func (a *Agent) Status() Status {
 	}
 	if a.router != nil {
 		st.SIP = a.router.Stats()
+	}
+	var promo *PromotionStatus
+	st.Role, promo = a.promo.status()
+	if a.cfg.Role == "auto" {
+		st.Promotion = promo
 	}
 	if a.send != nil {
 		rs := a.send.status()

@@ -7,6 +7,7 @@ package agent
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -61,6 +62,9 @@ type Config struct {
 	Keepalive time.Duration
 	// Role is "ordinary" or "auto" (promotable).
 	Role string
+	// Promoter, with Role auto, is the node's would-be super peer
+	// (superpeer/promoted); without it the agent is never promoted.
+	Promoter Promoter
 	// Admin serves /healthz and /v1/status ("" : off).
 	Admin         string
 	AdminListener net.Listener
@@ -83,6 +87,11 @@ type Agent struct {
 	fb        *fallback.Relay
 	send      *sender
 	relayKick chan struct{}
+
+	// Promotion (promote.go): the identity key proves the node at its
+	// advertised address in the dial-back test.
+	key   ed25519.PrivateKey
+	promo promotion
 }
 
 // New builds the agent and binds its local SIP sockets (so the router's
@@ -116,7 +125,7 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	a := &Agent{cfg: cfg, self: self, user: user,
+	a := &Agent{cfg: cfg, self: self, user: user, key: key, promo: promotion{kick: make(chan struct{}, 1)},
 		log: log.With().Str("peer_id", self.Short()).Str("role", "agent").Logger()}
 	a.send, a.relayKick = newSender(a), make(chan struct{}, 1)
 	a.fb = a.newRelay()
@@ -188,6 +197,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return a.reg.Run(ctx) })
 	g.Go(func() error { return a.router.Serve(ctx, a.udp, a.tcp) })
 	g.Go(func() error { return a.refreshPeerRecord(ctx) })
+	a.promo.startd = time.Now()
+	if a.cfg.Role == "auto" && a.cfg.Promoter != nil {
+		g.Go(func() error { return a.cfg.Promoter.Run(ctx, a.key) })
+	}
+	g.Go(func() error { return a.runPromotion(ctx) })
 	g.Go(func() error { return a.runRelay(ctx) }) // TURN fallback allocation
 	if a.cfg.Admin != "" || a.cfg.AdminListener != nil {
 		g.Go(func() error { return a.serveAdmin(ctx) })
@@ -271,6 +285,7 @@ func (a *Agent) attached(ctx context.Context, att uplink.Attachment) {
 			a.log.Warn().Err(err).Msg("store peer record")
 		}
 	}
+	a.kickPromotion() // role auto: ask with the addresses just learnt
 }
 
 func (a *Agent) storePeerRecord(ctx context.Context) error {

@@ -269,6 +269,17 @@ func (u *Uplink) Run(ctx context.Context) error {
 	return nil
 }
 
+// Move asks the uplink to attach to one of to and only then let the
+// current session go, as a super peer's Leave does (a promoted agent moves
+// to its own super peer this way). It does not wait; Attachment shows the
+// result, and a move already pending wins.
+func (u *Uplink) Move(to []wire.SuperPeerInfo) {
+	select {
+	case u.leave <- to:
+	default:
+	}
+}
+
 // moving is keep's answer to a Leave from the super peer.
 type moving struct{ alternates []wire.SuperPeerInfo }
 

@@ -32,6 +32,11 @@ func (s *Server) Handler(peer Peer) link.Handler {
 			s.attach(peer, c, f)
 			return
 		case wire.TypeStore, wire.TypeFetch, wire.TypeRemove, wire.TypeFind:
+		case wire.TypePromote, wire.TypeDialBack:
+			if msg := promoteForbidden(s.cfg.Promoter, peer, f.Type); msg != "" {
+				c.ReplyError(f, wire.Errorf(wire.CodeForbidden, "%s", msg)) //nolint:errcheck
+				return
+			}
 		case wire.TypeReplicate, wire.TypeRead, wire.TypeDigest, wire.TypeSync:
 			if !w.SuperPeer {
 				c.ReplyError(f, wire.Errorf(wire.CodeForbidden, "%s is for super peers", f.Type)) //nolint:errcheck
@@ -64,7 +69,11 @@ func (s *Server) Handler(peer Peer) link.Handler {
 			if p := s.ctx.Load(); p != nil {
 				base = *p
 			}
-			ctx, cancel := context.WithTimeout(base, s.cfg.RequestTimeout)
+			timeout := s.cfg.RequestTimeout
+			if f.Type == wire.TypePromote || f.Type == wire.TypeDialBack {
+				timeout = max(timeout, promoteTimeout)
+			}
+			ctx, cancel := context.WithTimeout(base, timeout)
 			defer cancel()
 			resp, err := s.dispatch(ctx, peer, w, f)
 			if err != nil {
@@ -150,8 +159,35 @@ func (s *Server) dispatch(ctx context.Context, peer Peer, w store.Writer, f *wir
 			return nil, err
 		}
 		return st.HandleSync(peer.ID, &req)
+	case wire.TypePromote:
+		var req wire.PromoteReq
+		if err := decode(f, &req); err != nil {
+			return nil, err
+		}
+		return s.cfg.Promoter.Promote(ctx, peer, &req)
+	case wire.TypeDialBack:
+		var req wire.DialBackReq
+		if err := decode(f, &req); err != nil {
+			return nil, err
+		}
+		return s.cfg.Promoter.DialBack(ctx, &req)
 	}
 	return nil, wire.Errorf(wire.CodeUnknownType, "%s not served here", f.Type)
+}
+
+// promoteForbidden says why a Promote or DialBack from peer is not served
+// ("" when it is): promotion is asked by attached agents, dial-back tests
+// by super peers.
+func promoteForbidden(p Promoter, peer Peer, t wire.Type) string {
+	switch {
+	case p == nil:
+		return "promotion not served by this super peer"
+	case t == wire.TypePromote && peer.Role != wire.RoleAgent:
+		return "promote is for agents"
+	case t == wire.TypeDialBack && peer.Role != wire.RoleSuperPeer:
+		return "dialback is for super peers"
+	}
+	return ""
 }
 
 func decode(f *wire.Frame, v any) error {

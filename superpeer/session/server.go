@@ -54,6 +54,17 @@ type Router interface {
 	Capacity() int
 }
 
+// Promoter answers promotion requests from agents and dial-back tests
+// asked by other super peers (superpeer/promote).
+type Promoter interface {
+	Promote(ctx context.Context, peer Peer, req *wire.PromoteReq) (*wire.PromoteResp, error)
+	DialBack(ctx context.Context, req *wire.DialBackReq) (*wire.DialBackResp, error)
+}
+
+// promoteTimeout bounds a promotion request or a dial-back test served
+// here: the design gives the verdict 30 s.
+const promoteTimeout = 30 * time.Second
+
 // Adopter takes inbound super-peer links into the pool.
 type Adopter interface {
 	Adopt(from ids.PeerID, c *link.Conn)
@@ -74,6 +85,8 @@ type Config struct {
 	Pool  Adopter
 	// Router, if set, serves Attach and Tunnel.
 	Router Router
+	// Promoter, if set, serves Promote and DialBack.
+	Promoter Promoter
 	// MaxInFlight bounds concurrently served requests (default 4096);
 	// past it requests are answered CodeUnavailable at once.
 	MaxInFlight int

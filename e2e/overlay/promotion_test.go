@@ -1,0 +1,251 @@
+package overlay
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/p2psip/p2psip/common/ids"
+	"github.com/p2psip/p2psip/common/record"
+	"github.com/p2psip/p2psip/e2e/harness"
+	"github.com/p2psip/p2psip/e2e/harness/phone"
+	"github.com/p2psip/p2psip/ordinarypeer/agent"
+	"github.com/p2psip/p2psip/superpeer"
+	"github.com/p2psip/p2psip/superpeer/promoted"
+	"github.com/p2psip/p2psip/superpeer/store"
+)
+
+// promotionOverlay starts n super peers with the given promotion mode
+// (no minimum uptime, no ratio).
+func promotionOverlay(t *testing.T, n int, mode string) (*harness.Overlay, []*harness.SP) {
+	t.Helper()
+	o := harness.New(t)
+	o.Tune = func(c *superpeer.Config) { c.Promotion = mode }
+	sps := make([]*harness.SP, n)
+	for i := range sps {
+		sps[i] = o.Start()
+	}
+	o.WaitConverged(15 * time.Second)
+	return o, sps
+}
+
+// promotableAgent runs an agent with role auto bootstrapped at sp, with
+// its would-be super peer on 127.0.0.1 (ephemeral ports). wrap, if set,
+// replaces the promoter the agent sees (a liar).
+func promotableAgent(t *testing.T, o *harness.Overlay, user string, sp *harness.SP, wrap func(*promoted.Node) agent.Promoter) (*harness.Agent, *promoted.Node) {
+	t.Helper()
+	tmpl := o.FastConfig()
+	tmpl.DataDir = ""
+	pn, err := promoted.New(promoted.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Template: tmpl, LeaveTimeout: 2 * time.Second},
+		o.Log.With().Str("agent", user).Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := o.AgentConfig(user, sp)
+	cfg.Role = "auto"
+	cfg.Promoter = pn
+	if wrap != nil {
+		cfg.Promoter = wrap(pn)
+	}
+	return o.RunAgent(user, cfg), pn
+}
+
+// waitRefused waits until the agent's status gives a reason containing want.
+func waitRefused(t *testing.T, a *harness.Agent, want string) string {
+	t.Helper()
+	var reason string
+	harness.Eventually(t, 40*time.Second, func() error {
+		st := a.Status()
+		if st.Role != agent.RoleOrdinary {
+			return fmt.Errorf("role %q, want ordinary", st.Role)
+		}
+		if st.Promotion == nil || !strings.Contains(st.Promotion.Reason, want) {
+			return fmt.Errorf("promotion status %+v, want a reason with %q", st.Promotion, want)
+		}
+		reason = st.Promotion.Reason
+		return nil
+	})
+	return reason
+}
+
+// TestPromotion: on a 3-super-peer overlay with promotion auto, a
+// reachable agent with role auto is dial-back tested, becomes the fourth
+// super peer, takes its share of the records, and its own agent attaches
+// to it; calls through it still work.
+func TestPromotion(t *testing.T) {
+	o, sps := promotionOverlay(t, 3, "auto")
+	const n = 60
+	ctx := context.Background()
+	expires := time.Now().Add(time.Hour)
+	for i := range n {
+		if _, err := sps[i%3].Node.Store().Put(ctx, store.Writer{User: userOf(i)}, locationRecord(i, expires)); err != nil {
+			t.Fatalf("put %d: %v", i, err)
+		}
+	}
+
+	start := time.Now()
+	carol, pn := promotableAgent(t, o, "carol", sps[0], nil)
+	harness.Eventually(t, 40*time.Second, func() error {
+		if st := carol.Status(); st.Role != agent.RoleSuperPeer {
+			return fmt.Errorf("role %q (promotion %+v)", st.Role, st.Promotion)
+		}
+		return nil
+	})
+	took := time.Since(start)
+	sp := pn.SuperPeer()
+	if sp == nil {
+		t.Fatal("status says superpeer but no super peer runs")
+	}
+	if sp.ID() == carol.ID() {
+		t.Fatal("the super peer shares the agent's Peer-ID")
+	}
+	newSP := &harness.SP{Node: sp}
+
+	// Every super peer, the new one included, sees four members.
+	harness.Eventually(t, 15*time.Second, func() error {
+		for _, x := range append(sps, newSP) {
+			v := x.Node.Mesh().View()
+			if _, ok := v.Lookup(sp.ID()); !ok || len(v.Members) != 4 {
+				return fmt.Errorf("%s sees %d members (new one present: %v)", x.Node.ID().Short(), len(v.Members), ok)
+			}
+		}
+		return nil
+	})
+	// The agent moved to its own super peer.
+	harness.Eventually(t, 15*time.Second, func() error {
+		if att, ok := carol.Uplink().Attachment(); !ok || att.SP != sp.ID() {
+			return fmt.Errorf("carol's agent attached to %s, want its own %s", att.SP.Short(), sp.ID().Short())
+		}
+		return nil
+	})
+
+	// It holds its share: every record whose replica set now includes it.
+	all := []ids.PeerID{sps[0].Node.ID(), sps[1].Node.ID(), sps[2].Node.ID(), sp.ID()}
+	share := 0
+	harness.Eventually(t, 20*time.Second, func() error {
+		share = 0
+		for i := range n {
+			rid := locationRecord(i, time.Time{}).ResourceID()
+			for _, p := range store.Place(rid, all, 3) {
+				if p != sp.ID() {
+					continue
+				}
+				share++
+				if !sp.Store().HoldsForTest(rid) {
+					return fmt.Errorf("record %d (%s) not handed to the new super peer", i, rid.Short())
+				}
+			}
+		}
+		if share == 0 {
+			return fmt.Errorf("no record placed on the new super peer (of %d)", n)
+		}
+		return nil
+	})
+	// Reads through the new super peer see every record.
+	for i := range n {
+		want := locationRecord(i, time.Time{})
+		got, err := sp.Store().Get(ctx, record.KindLocation, want.Name)
+		if err != nil || len(got.Entries) != 1 {
+			t.Fatalf("get %s via the new super peer: %v", want.Name, err)
+		}
+	}
+
+	// A call from a phone behind carol's agent (on its own super peer) to
+	// one behind bob's (sps[1]) takes three hops.
+	bob := attachAgent(t, o, "bob", sps[1])
+	carolPhone := agentPhone(t, o, "carol", "carol", carol)
+	bobPhone := agentPhone(t, o, "bob", "bob", bob)
+	phone.MustRegister(t, carolPhone)
+	phone.MustRegister(t, bobPhone)
+	callAndCheck(t, carolPhone, carol, bobPhone, bob, 3)
+	callAndCheck(t, bobPhone, bob, carolPhone, carol, 3)
+
+	st := carol.Status()
+	t.Logf("promoted in %s (attempts %d); holds %d of %d records; members %d", took.Round(time.Millisecond),
+		st.Promotion.Attempts, share, n, len(sp.Mesh().View().Members))
+}
+
+// TestPromotionOff: with promotion off (the default, carrier mode) a node
+// with role auto stays ordinary and says why.
+func TestPromotionOff(t *testing.T) {
+	o, sps := promotionOverlay(t, 2, "off")
+	a, pn := promotableAgent(t, o, "dave", sps[0], nil)
+	reason := waitRefused(t, a, "promotion off on this overlay")
+	if pn.SuperPeer() != nil {
+		t.Fatal("a super peer was started")
+	}
+	if st := a.Status(); st.Promotion.NextAttempt == "" {
+		t.Errorf("no next attempt planned: %+v", st.Promotion)
+	}
+	for _, sp := range sps {
+		if n := len(sp.Node.Mesh().View().Members); n != 2 {
+			t.Fatalf("%s sees %d members", sp.Node.ID().Short(), n)
+		}
+	}
+	t.Logf("refused: %s", reason)
+}
+
+// liar advertises an address of its choosing instead of its own.
+type liar struct {
+	*promoted.Node
+	addr string
+}
+
+func (l liar) PeerAddr(string) string { return l.addr }
+
+// TestPromotionLiar: nodes that advertise an address where nothing, or
+// another node, listens, or an IP that is not theirs, are refused with the
+// reason, and never start a super peer.
+func TestPromotionLiar(t *testing.T) {
+	o, sps := promotionOverlay(t, 2, "auto")
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedAddr := closed.Addr().String()
+	closed.Close()
+	// A port someone else owns that accepts TCP: a bare connect must not pass.
+	bare, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bare.Close()
+	go func() {
+		for {
+			c, err := bare.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	tests := map[string]struct{ addr, want string }{
+		"nothing listens":    {closedAddr, "dial-back: from " + sps[1].Node.ID().Short() + ": connect " + closedAddr + ": connection refused"},
+		"bare TCP port":      {bare.Addr().String(), "dial-back: from " + sps[1].Node.ID().Short() + ": tls at " + bare.Addr().String()},
+		"another node there": {sps[1].Node.PeerAddr(), "answers as Peer-ID " + sps[1].Node.ID().Short()},
+		"not its IP":         {"127.0.0.2:6084", "advertised address 127.0.0.2 differs from the session's source 127.0.0.1"},
+		"not an IP:port":     {"example.net", "is not IP:port"},
+	}
+	i := 0
+	for name, tc := range tests {
+		i++
+		t.Run(name, func(t *testing.T) {
+			user := fmt.Sprintf("liar%d", i)
+			a, pn := promotableAgent(t, o, user, sps[0], func(n *promoted.Node) agent.Promoter { return liar{n, tc.addr} })
+			reason := waitRefused(t, a, tc.want)
+			if pn.SuperPeer() != nil {
+				t.Fatal("a super peer was started")
+			}
+			a.Stop()
+			t.Logf("refused: %s", reason)
+		})
+	}
+	for _, sp := range sps {
+		if n := len(sp.Node.Mesh().View().Members); n != 2 {
+			t.Fatalf("%s sees %d members after the liars", sp.Node.ID().Short(), n)
+		}
+	}
+}
