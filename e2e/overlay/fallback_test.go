@@ -14,18 +14,18 @@ import (
 	"github.com/p2psip/p2psip/superpeer"
 )
 
-// TestTURNFallback: alice's agent on sp1, bob's on sp2, each with a TURN
-// allocation on another super peer. With sp1 refusing to forward to sp2,
-// alice's INVITE comes back as a tunnel error frame; her agent re-sends it
-// from its allocation to bob's relayed address (alice → relay(alice) →
-// relay(bob) → bob) and the call completes, every payload within 3 hops.
-func TestTURNFallback(t *testing.T) {
-	o := harness.New(t)
+// relayWorld starts three super peers (relaying to loopback allowed),
+// alice's agent on sp1 and bob's on sp2, each with a TURN allocation on
+// another super peer and a registered phone, and checks that bob's
+// contact and peer record carry his relayed address.
+func relayWorld(t *testing.T) (o *harness.Overlay, sps []*harness.SP, a, b *harness.Agent, alice, bob *phone.Phone) {
+	t.Helper()
+	o = harness.New(t)
 	o.Tune = func(c *superpeer.Config) { c.TURNAllowLoopback = true }
-	sps := []*harness.SP{o.Start(), o.Start(), o.Start()}
+	sps = []*harness.SP{o.Start(), o.Start(), o.Start()}
 	o.WaitConverged(15 * time.Second)
-	a := attachAgent(t, o, "alice", sps[0])
-	b := attachAgent(t, o, "bob", sps[1])
+	a = attachAgent(t, o, "alice", sps[0])
+	b = attachAgent(t, o, "bob", sps[1])
 	for _, x := range []*harness.Agent{a, b} {
 		harness.Eventually(t, 15*time.Second, func() error {
 			st := x.Status().Relay
@@ -41,8 +41,8 @@ func TestTURNFallback(t *testing.T) {
 		st := x.Status().Relay
 		t.Logf("%s: allocation on %s, relayed address %s", x.User, st.Server, st.Addr)
 	}
-	alice := agentPhone(t, o, "alice", "alice", a)
-	bob := agentPhone(t, o, "bob", "bob", b)
+	alice = agentPhone(t, o, "alice", "alice", a)
+	bob = agentPhone(t, o, "bob", "bob", b)
 	phone.MustRegister(t, alice)
 	phone.MustRegister(t, bob)
 
@@ -79,6 +79,16 @@ func TestTURNFallback(t *testing.T) {
 		}
 		return fmt.Errorf("bob's peer record %+v has not his relayed address", rec.Entries)
 	})
+	return o, sps, a, b, alice, bob
+}
+
+// TestTURNFallback: alice's agent on sp1, bob's on sp2, each with a TURN
+// allocation on another super peer. With sp1 refusing to forward to sp2,
+// alice's INVITE comes back as a tunnel error frame; her agent re-sends it
+// from its allocation to bob's relayed address (alice → relay(alice) →
+// relay(bob) → bob) and the call completes, every payload within 3 hops.
+func TestTURNFallback(t *testing.T) {
+	_, sps, a, b, alice, bob := relayWorld(t)
 
 	t.Run("overlay path", func(t *testing.T) {
 		before := a.Status().Relay.RelayedOut
@@ -148,6 +158,116 @@ func TestTURNFallback(t *testing.T) {
 		})
 	})
 	for _, x := range []*harness.Agent{a, b} {
+		if s := x.Router().Stats(); s.MaxHops > 3 {
+			t.Errorf("%s's agent: max hops %d", x.User, s.MaxHops)
+		}
+	}
+}
+
+// TestTURNFallbackSilentCut: the link between sp1 and sp2 (bob's) is cut
+// silently: tunnel frames between them vanish with no error frame, as
+// when a cable is pulled (TLS writes buffer, memberlist's indirect probes
+// keep both alive). Nothing reattaches. A request that gets no response
+// within the agent's bound is re-sent through the relays; the callee's
+// agent answers the way it came; calls complete with every payload within
+// 3 hops, and a request that reached the callee twice rings once.
+func TestTURNFallbackSilentCut(t *testing.T) {
+	o, sps, a, b, alice, bob := relayWorld(t)
+	callAndCheck(t, alice, a, bob, b, 3) // the overlay path works first
+
+	// Only bob's answers vanish (sp2 → sp1): alice's INVITE reaches bob
+	// over the overlay and, after the bound, again through the relays.
+	// Bob's agent must take the second copy as the retransmission it is
+	// (same branch) and repeat its last response: his phone sees one
+	// INVITE. (Not callAndCheck: the 180 was lost on the cut and, being
+	// provisional, is not repeated: alice sees 100 and 200.)
+	t.Run("answers lost, request duplicated", func(t *testing.T) {
+		sps[1].Node.RouterForTest().DropForTest(sps[0].Node.ID())
+		defer sps[1].Node.RouterForTest().UnblockForTest(sps[0].Node.ID())
+		aBefore, bBefore := *a.Status().Relay, *b.Status().Relay
+		aHops, bHops := hopsIn(a), hopsIn(b)
+		invites, acks, byes := bob.Invites.Load(), bob.Acks.Load(), bob.Byes.Load()
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		codes, err := alice.Call(ctx, bob.AoR)
+		if err != nil || codes[len(codes)-1] != 200 {
+			t.Fatalf("alice calls bob: %v (responses %v)", err, codes)
+		}
+		harness.Eventually(t, 10*time.Second, func() error {
+			if bob.Invites.Load() != invites+1 || bob.Acks.Load() != acks+1 || bob.Byes.Load() != byes+1 {
+				return fmt.Errorf("bob got %d INVITE, %d ACK, %d BYE; want 1 each",
+					bob.Invites.Load()-invites, bob.Acks.Load()-acks, bob.Byes.Load()-byes)
+			}
+			return nil
+		})
+		// Alice's agent got the 200s (overlay answers were lost); bob's
+		// the INVITE twice (one absorbed), ACK and BYE: all with 3 hops.
+		checkHops(t, "alice's agent", hopsDelta(aHops, hopsIn(a)), 3, 2)
+		checkHops(t, "bob's agent", hopsDelta(bHops, hopsIn(b)), 3, 3)
+		t.Logf("alice → bob: %v", codes)
+		aAfter, bAfter := *a.Status().Relay, *b.Status().Relay
+		t.Logf("call in %s; alice's agent: timeouts %d, relayed out %d; bob's agent: duplicates absorbed %d",
+			time.Since(start).Round(time.Millisecond), aAfter.Timeouts-aBefore.Timeouts,
+			aAfter.RelayedOut-aBefore.RelayedOut, bAfter.Duplicates-bBefore.Duplicates)
+		if aAfter.Timeouts == aBefore.Timeouts {
+			t.Errorf("alice's agent re-sent nothing on a timeout")
+		}
+		if bAfter.Duplicates == bBefore.Duplicates {
+			t.Errorf("bob's agent absorbed no duplicate: the INVITE should have reached it twice")
+		}
+	})
+
+	// The whole link is cut, both ways. Carol (on sp1 like alice, but
+	// with no destination stuck on the relays yet) calls bob, then bob
+	// calls carol: his agent has her sticky from her relayed datagrams,
+	// so his INVITE takes the relays at once.
+	c := attachAgent(t, o, "carol", sps[0])
+	harness.Eventually(t, 15*time.Second, func() error {
+		if st := c.Status().Relay; st == nil || st.Addr == "" {
+			return fmt.Errorf("carol has no TURN allocation")
+		}
+		return nil
+	})
+	carol := agentPhone(t, o, "carol", "carol", c)
+	phone.MustRegister(t, carol)
+	sps[0].Node.RouterForTest().DropForTest(sps[1].Node.ID())
+	sps[1].Node.RouterForTest().DropForTest(sps[0].Node.ID())
+	for _, dir := range []struct {
+		name             string
+		caller           *phone.Phone
+		from             *harness.Agent
+		callee           *phone.Phone
+		to               *harness.Agent
+		wantTimeoutsFrom bool
+	}{
+		{"carol calls bob", carol, c, bob, b, true},
+		{"bob calls carol", bob, b, carol, c, false},
+	} {
+		t.Run(dir.name, func(t *testing.T) {
+			fBefore, tBefore := *dir.from.Status().Relay, *dir.to.Status().Relay
+			start := time.Now()
+			callAndCheck(t, dir.caller, dir.from, dir.callee, dir.to, 3)
+			fAfter, tAfter := *dir.from.Status().Relay, *dir.to.Status().Relay
+			out := fAfter.RelayedOut - fBefore.RelayedOut
+			timeouts := fAfter.Timeouts - fBefore.Timeouts
+			t.Logf("call in %s; caller's agent: relayed out %d, overlay out %d, timeouts %d; callee's agent: relayed in %d, relayed out %d",
+				time.Since(start).Round(time.Millisecond), out, fAfter.OverlayOut-fBefore.OverlayOut, timeouts,
+				tAfter.RelayedIn-tBefore.RelayedIn, tAfter.RelayedOut-tBefore.RelayedOut)
+			// INVITE (re-sent after the timeout), ACK and BYE at least;
+			// the responses come back through the relays too.
+			if out < 3 || tAfter.RelayedOut-tBefore.RelayedOut < 2 {
+				t.Errorf("relayed: caller out %d, callee out %d; want at least 3 and 2", out, tAfter.RelayedOut-tBefore.RelayedOut)
+			}
+			if dir.wantTimeoutsFrom && timeouts == 0 {
+				t.Errorf("the caller's agent re-sent nothing on a timeout")
+			}
+		})
+	}
+	for _, x := range []*harness.Agent{a, b, c} {
+		if att, _ := x.Uplink().Attachment(); att.Reattach > 0 {
+			t.Errorf("%s's agent reattached (%s): the cut must be survived without", x.User, att.Reattach)
+		}
 		if s := x.Router().Stats(); s.MaxHops > 3 {
 			t.Errorf("%s's agent: max hops %d", x.User, s.MaxHops)
 		}

@@ -43,6 +43,10 @@ type Config struct {
 	Overlay     string
 	Bootstrap   []string
 	Credentials auth.Credentials
+	// CredentialsFile, if set, is where Credentials came from: it is
+	// re-read when it changes, and the TURN allocation moves to renewed
+	// credentials before the old ones expire.
+	CredentialsFile string
 	// DataDir keeps the identity key and the super-peer cache.
 	DataDir string
 	// SIPListen is the local SIP address for the phone (UDP and TCP;
@@ -60,6 +64,11 @@ type Config struct {
 	Insecure bool
 	// Keepalive overrides the super peer's Ping interval (0: its choice).
 	Keepalive time.Duration
+	// RelayAfter is the TURN fallback's bound: a request sent over the
+	// overlay whose destination sends no response (a 100 Trying counts)
+	// within it is re-sent through the relays (0: DefaultRelayAfter;
+	// negative: only error frames trigger the fallback).
+	RelayAfter time.Duration
 	// Role is "ordinary" or "auto" (promotable).
 	Role string
 	// Promoter, with Role auto, is the node's would-be super peer
@@ -87,6 +96,7 @@ type Agent struct {
 	fb        *fallback.Relay
 	send      *sender
 	relayKick chan struct{}
+	creds     *credSource // credentials for TURN, reloaded from the file
 
 	// Promotion (promote.go): the identity key proves the node at its
 	// advertised address in the dial-back test.
@@ -128,6 +138,7 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 	a := &Agent{cfg: cfg, self: self, user: user, key: key, promo: promotion{kick: make(chan struct{}, 1)},
 		log: log.With().Str("peer_id", self.Short()).Str("role", "agent").Logger()}
 	a.send, a.relayKick = newSender(a), make(chan struct{}, 1)
+	a.creds = &credSource{path: cfg.CredentialsFile, log: &a.log, cur: cfg.Credentials}
 	a.fb = a.newRelay()
 	a.up, err = uplink.New(uplink.Config{
 		Overlay: cfg.Overlay, Bootstrap: cfg.Bootstrap, Credentials: cfg.Credentials, Key: key,
@@ -202,7 +213,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		g.Go(func() error { return a.cfg.Promoter.Run(ctx, a.key) })
 	}
 	g.Go(func() error { return a.runPromotion(ctx) })
-	g.Go(func() error { return a.runRelay(ctx) }) // TURN fallback allocation
+	g.Go(func() error { return a.runRelay(ctx) })         // TURN fallback allocation
+	g.Go(func() error { return a.send.runTimeouts(ctx) }) // and its timeout trigger
 	if a.cfg.Admin != "" || a.cfg.AdminListener != nil {
 		g.Go(func() error { return a.serveAdmin(ctx) })
 	}
@@ -253,7 +265,9 @@ func (a *Agent) tunnel(f *wire.Frame) {
 		a.router.PeerGone(f.Src)
 		return
 	}
-	a.router.Deliver(f.Src, f.Via, f.Hops, f.Body)
+	if a.send.inbound(f.Src, f.Body) { // TURN fallback: answers, duplicates
+		a.router.Deliver(f.Src, f.Via, f.Hops, f.Body)
+	}
 }
 
 func (a *Agent) attachment() registrar.Attachment {

@@ -4,15 +4,24 @@ package agent
 // allocation is kept on a super peer other than the attachment, its
 // relayed address is published in contacts and the peer record, and the
 // router's Sender is wrapped so that a payload whose overlay path failed
-// is re-sent through the relays.
+// is re-sent through the relays: when an error frame comes back for it,
+// or, for a request, when no response from its destination arrives within
+// Config.RelayAfter (a silently cut link between super peers returns no
+// error frame: the forwarding super peer's TLS write just buffers).
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
+	"os"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/p2psip/p2psip/common/auth"
 	"github.com/p2psip/p2psip/common/ids"
@@ -33,6 +42,23 @@ const (
 	ensureEvery = 10 * time.Second
 	// maxRelays bounds the learnt relayed addresses.
 	maxRelays = 4096
+	// DefaultRelayAfter is Config.RelayAfter's default: well above an
+	// overlay round trip plus the callee's 100 Trying timer (200 ms), well
+	// below the caller's patience and SIP's Timer B.
+	DefaultRelayAfter = 1500 * time.Millisecond
+	// maxPending bounds the requests awaiting their first response; past
+	// it new requests are not tracked (only error frames then trigger the
+	// fallback for them).
+	maxPending = 1 << 16
+	// dedupFor is how long an inbound request is remembered to absorb a
+	// second copy of it (one re-sent through the relays after the
+	// sender's bound, or the overlay copy arriving late).
+	dedupFor = 10 * time.Second
+	// maxSeen bounds the remembered inbound requests.
+	maxSeen = 1 << 17
+	// lookupTimeout bounds reading a destination's peer record for its
+	// relayed address.
+	lookupTimeout = 2 * time.Second
 )
 
 // RelayStatus is the "relay" section of the agent's status.
@@ -41,6 +67,39 @@ type RelayStatus struct {
 	OverlayOut uint64 `json:"overlay_out"`
 	// Sticky is how many destinations are currently reached by relay.
 	Sticky int `json:"sticky"`
+	// Timeouts counts requests re-sent through the relays because their
+	// destination did not answer within the bound; Lookups, peer-record
+	// reads for a destination's relayed address.
+	Timeouts uint64 `json:"timeouts"`
+	Lookups  uint64 `json:"relay_lookups"`
+	Pending  int64  `json:"pending"`
+	// Duplicates counts inbound requests absorbed as second copies.
+	Duplicates uint64 `json:"duplicates"`
+}
+
+// pendingReq is a request sent over the overlay whose destination has not
+// answered yet.
+type pendingReq struct {
+	dst     ids.PeerID
+	payload []byte
+	at      time.Time
+}
+
+// seenKey is one inbound request: its sender and transaction key.
+type seenKey struct {
+	src ids.PeerID
+	key string
+}
+
+// seenReq is an inbound request and the last response we sent for it.
+type seenReq struct {
+	at   time.Time
+	resp []byte
+}
+
+type seenAt struct {
+	k  seenKey
+	at time.Time
 }
 
 type sentPayload struct {
@@ -58,12 +117,33 @@ type sender struct {
 	relays map[ids.PeerID]string    // destination → its relayed address
 	sticky map[ids.PeerID]time.Time // destination → use relay until
 	recent []sentPayload            // in send order, pruned after recentFor
+	// pending: requests sent over the overlay awaiting their first
+	// response, by transaction key (txKey); swept by runTimeouts.
+	pending  map[string]pendingReq
+	npending atomic.Int64 // len(pending), read without the lock
+	// seen: inbound requests of the last dedupFor (seenOrder in arrival
+	// order, for pruning) with our last response to each.
+	seen      map[seenKey]*seenReq
+	seenOrder []seenAt
 
-	overlayOut atomic.Uint64
+	// after is Config.RelayAfter (≤ 0: no timeout fallback).
+	after time.Duration
+	// ctx bounds the peer-record lookups of resends; wg tracks them.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	overlayOut, timeouts, lookups, dups atomic.Uint64
 }
 
 func newSender(a *Agent) *sender {
-	return &sender{a: a, relays: make(map[ids.PeerID]string), sticky: make(map[ids.PeerID]time.Time)}
+	ctx, cancel := context.WithCancel(context.Background())
+	after := a.cfg.RelayAfter
+	if after == 0 {
+		after = DefaultRelayAfter
+	}
+	return &sender{a: a, relays: make(map[ids.PeerID]string), sticky: make(map[ids.PeerID]time.Time),
+		pending: make(map[string]pendingReq), seen: make(map[seenKey]*seenReq), after: after, ctx: ctx, cancel: cancel}
 }
 
 // learn records a peer's relayed address (from a contact, a peer record
@@ -111,6 +191,10 @@ func (s *sender) viaRelay(dst ids.PeerID, addr string, payload []byte) error {
 // SendTunnel implements siproute.Sender.
 func (s *sender) SendTunnel(dst, hint ids.PeerID, payload []byte) error {
 	now := time.Now()
+	key, isReq, method, ok := txKey(payload)
+	if ok && !isReq {
+		s.sentResponse(dst, key, payload)
+	}
 	addr, sticky := s.relayFor(dst, now)
 	if addr != "" && sticky {
 		if err := s.viaRelay(dst, addr, payload); err == nil {
@@ -133,6 +217,8 @@ func (s *sender) SendTunnel(dst, hint ids.PeerID, payload []byte) error {
 		return err
 	}
 	s.overlayOut.Add(1)
+	// ACK has no response to wait for; responses are not tracked.
+	track := s.after > 0 && isReq && method != "ACK"
 	s.mu.Lock()
 	s.recent = append(s.recent, sentPayload{txid: txid, dst: dst, payload: payload, at: now})
 	// This runs for every tunnel message: drop expired entries in bulk once
@@ -142,12 +228,106 @@ func (s *sender) SendTunnel(dst, hint ids.PeerID, payload []byte) error {
 	if i > 0 && i >= len(s.recent)/2 {
 		s.recent = append(s.recent[:0], s.recent[i:]...)
 	}
+	if ok && track && len(s.pending) < maxPending {
+		// A retransmission (same key) keeps the first send time.
+		if _, dup := s.pending[key]; !dup {
+			s.pending[key] = pendingReq{dst: dst, payload: payload, at: now}
+			s.npending.Store(int64(len(s.pending)))
+		}
+	}
 	s.mu.Unlock()
 	return nil
 }
 
+// inbound looks at a message from src (over the overlay or the relays)
+// before the router gets it, and reports whether it should: a response
+// settles the request it answers (no timeout re-send for it); a request
+// that already came in within dedupFor (the same transaction key from the
+// same peer: the copy its agent re-sent through the relays, or the late
+// overlay copy) is absorbed here, and the last response we sent for it is
+// sent again. sipgo ends a server transaction as soon as the proxy has
+// answered on a reliable transport, which the tunnel is to it, so it
+// would take the copy for a new request and ring the phone twice.
+func (s *sender) inbound(src ids.PeerID, payload []byte) bool {
+	key, isReq, method, ok := txKey(payload)
+	if !ok {
+		return true
+	}
+	now := time.Now()
+	if !isReq {
+		if s.npending.Load() != 0 {
+			s.mu.Lock()
+			if p, found := s.pending[key]; found && p.dst == src {
+				delete(s.pending, key)
+				s.npending.Store(int64(len(s.pending)))
+			}
+			s.mu.Unlock()
+		}
+		return true
+	}
+	if method == "ACK" {
+		return true // no transaction; the phone absorbs duplicates
+	}
+	sk := seenKey{src, key}
+	s.mu.Lock()
+	if e, dup := s.seen[sk]; dup && now.Sub(e.at) < dedupFor {
+		resp := e.resp
+		s.mu.Unlock()
+		s.dups.Add(1)
+		if resp != nil {
+			if err := s.SendTunnel(src, ids.PeerID{}, slices.Clone(resp)); err != nil {
+				s.a.log.Debug().Err(err).Str("peer_id", src.Short()).Msg("response to a duplicate request")
+			}
+		}
+		return false
+	}
+	if len(s.seen) < maxSeen {
+		s.seen[sk] = &seenReq{at: now}
+		s.seenOrder = append(s.seenOrder, seenAt{sk, now})
+	}
+	// Prune in bulk, as SendTunnel does with recent.
+	i := sort.Search(len(s.seenOrder), func(i int) bool { return now.Sub(s.seenOrder[i].at) < dedupFor })
+	if i > 0 && i >= len(s.seenOrder)/2 {
+		for _, o := range s.seenOrder[:i] {
+			if e := s.seen[o.k]; e != nil && e.at.Equal(o.at) {
+				delete(s.seen, o.k)
+			}
+		}
+		s.seenOrder = append(s.seenOrder[:0], s.seenOrder[i:]...)
+	}
+	s.mu.Unlock()
+	return true
+}
+
+// sentResponse keeps the last response sent to dst for a request it sent
+// us, for inbound to repeat when that request comes in again.
+func (s *sender) sentResponse(dst ids.PeerID, key string, payload []byte) {
+	s.mu.Lock()
+	if e := s.seen[seenKey{dst, key}]; e != nil {
+		e.resp = payload
+	}
+	s.mu.Unlock()
+}
+
+// settle forgets a pending request (it was re-sent through the relays).
+func (s *sender) settle(payload []byte) {
+	if s.npending.Load() == 0 {
+		return
+	}
+	if key, isReq, _, ok := txKey(payload); ok && isReq {
+		s.mu.Lock()
+		delete(s.pending, key)
+		s.npending.Store(int64(len(s.pending)))
+		s.mu.Unlock()
+	}
+}
+
 // failed handles an error frame for (dst, txid): the payload is re-sent
-// through the relays and dst becomes sticky. It reports whether it did.
+// through the relays and dst becomes sticky. It reports whether it took
+// the payload on; when dst's relayed address is not known yet, it is read
+// from dst's peer record in the background (the caller runs on the
+// uplink's reader and must not block), and dst's tunnel connection is
+// closed if there is none.
 func (s *sender) failed(dst ids.PeerID, txid uint64) bool {
 	now := time.Now()
 	s.mu.Lock()
@@ -160,8 +340,12 @@ func (s *sender) failed(dst ids.PeerID, txid uint64) bool {
 	}
 	addr := s.relays[dst]
 	s.mu.Unlock()
-	if payload == nil || addr == "" {
+	if payload == nil {
 		return false
+	}
+	s.settle(payload)
+	if addr == "" {
+		return s.resendLater(dst, [][]byte{payload}, "error frame")
 	}
 	if err := s.viaRelay(dst, addr, payload); err != nil {
 		s.a.log.Debug().Err(err).Str("peer_id", dst.Short()).Msg("relay fallback")
@@ -172,8 +356,133 @@ func (s *sender) failed(dst ids.PeerID, txid uint64) bool {
 	return true
 }
 
+// resendLater looks up dst's relayed address in its peer record and
+// re-sends payloads through the relays, on a goroutine of its own. With
+// no relayed address to be found, dst's tunnel connection is closed so
+// that its transactions fail at once. It returns false if it could not
+// start (the agent is stopping).
+func (s *sender) resendLater(dst ids.PeerID, payloads [][]byte, why string) bool {
+	if s.ctx.Err() != nil {
+		return false
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		addr, err := s.lookupRelay(dst)
+		if err != nil {
+			s.a.log.Info().Err(err).Str("peer_id", dst.Short()).Str("why", why).Msg("overlay path failed and no relayed address known")
+			s.a.router.PeerGone(dst)
+			return
+		}
+		s.resend(dst, addr, payloads, why)
+	}()
+	return true
+}
+
+// resend sends payloads to dst's relayed address and makes dst sticky.
+func (s *sender) resend(dst ids.PeerID, addr string, payloads [][]byte, why string) {
+	sent := 0
+	for _, p := range payloads {
+		if err := s.viaRelay(dst, addr, p); err != nil {
+			s.a.log.Debug().Err(err).Str("peer_id", dst.Short()).Msg("relay fallback")
+			continue
+		}
+		sent++
+	}
+	if sent > 0 {
+		s.stick(dst, time.Now())
+		s.a.log.Info().Str("peer_id", dst.Short()).Str("relay", addr).Int("messages", sent).Str("why", why).
+			Msg("overlay path failed: sent through the TURN relays")
+	}
+}
+
+// lookupRelay reads dst's relayed address from its peer record (for a
+// destination whose contact carried none: registered before its
+// allocation, or reached through a Route header) and learns it.
+func (s *sender) lookupRelay(dst ids.PeerID) (string, error) {
+	s.lookups.Add(1)
+	ctx, cancel := context.WithTimeout(s.ctx, lookupTimeout)
+	defer cancel()
+	sess, err := s.a.up.Session(ctx)
+	if err != nil {
+		return "", fmt.Errorf("peer record of %s: %w", dst.Short(), err)
+	}
+	rec, err := sess.Get(ctx, record.KindPeer, dst.String())
+	if err != nil {
+		return "", fmt.Errorf("peer record of %s: %w", dst.Short(), err)
+	}
+	var best record.Entry
+	for _, e := range rec.Live(time.Now()).Entries {
+		if e.Peer != nil && e.Peer.Relay != "" && e.Version >= best.Version {
+			best = e
+		}
+	}
+	if best.Peer == nil {
+		return "", fmt.Errorf("peer record of %s: %w", dst.Short(), errNoRelay)
+	}
+	s.learn(dst, best.Peer.Relay)
+	return best.Peer.Relay, nil
+}
+
+var errNoRelay = errors.New("no relayed address")
+
+// runTimeouts re-sends through the relays every request that got no
+// response from its destination within s.after, until ctx ends.
+func (s *sender) runTimeouts(ctx context.Context) error {
+	defer func() {
+		s.cancel()
+		s.wg.Wait()
+	}()
+	if s.after <= 0 {
+		<-ctx.Done()
+		return nil
+	}
+	t := time.NewTicker(max(s.after/4, 20*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			s.sweep(now)
+		}
+	}
+}
+
+// sweep takes the requests older than s.after off the pending list and
+// re-sends them through the relays, grouped by destination.
+func (s *sender) sweep(now time.Time) {
+	if s.npending.Load() == 0 {
+		return
+	}
+	byDst := map[ids.PeerID][][]byte{}
+	s.mu.Lock()
+	for k, p := range s.pending {
+		if now.Sub(p.at) >= s.after {
+			byDst[p.dst] = append(byDst[p.dst], p.payload)
+			delete(s.pending, k)
+		}
+	}
+	s.npending.Store(int64(len(s.pending)))
+	s.mu.Unlock()
+	why := "no response within " + s.after.String()
+	for dst, ps := range byDst {
+		s.timeouts.Add(uint64(len(ps)))
+		s.mu.Lock()
+		addr := s.relays[dst]
+		s.mu.Unlock()
+		if addr == "" {
+			s.resendLater(dst, ps, why)
+			continue
+		}
+		s.resend(dst, addr, ps, why)
+	}
+}
+
 func (s *sender) status() RelayStatus {
-	st := RelayStatus{Stats: s.a.fb.Stats(), OverlayOut: s.overlayOut.Load()}
+	st := RelayStatus{Stats: s.a.fb.Stats(), OverlayOut: s.overlayOut.Load(),
+		Timeouts: s.timeouts.Load(), Lookups: s.lookups.Load(), Pending: s.npending.Load(),
+		Duplicates: s.dups.Load()}
 	now := time.Now()
 	s.mu.Lock()
 	for _, until := range s.sticky {
@@ -185,15 +494,67 @@ func (s *sender) status() RelayStatus {
 	return st
 }
 
+// credSource is the agent's credentials for TURN: the configured ones,
+// replaced by the credentials file's content whenever the file changes
+// (an operator or a provisioning job renews it before expiry).
+type credSource struct {
+	path string
+	log  *zerolog.Logger
+
+	mu    sync.Mutex
+	cur   auth.Credentials
+	mtime time.Time
+	size  int64
+}
+
+// get returns the newest credentials; a file that cannot be read or
+// parsed, names another user or expires earlier leaves them as they are.
+func (c *credSource) get() auth.Credentials {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.path == "" {
+		return c.cur
+	}
+	fi, err := os.Stat(c.path)
+	if err != nil || (fi.ModTime().Equal(c.mtime) && fi.Size() == c.size) {
+		return c.cur
+	}
+	c.mtime, c.size = fi.ModTime(), fi.Size()
+	cr, err := auth.LoadCredentials(c.path)
+	if err != nil {
+		c.log.Warn().Err(err).Msg("credentials file changed but cannot be used")
+		return c.cur
+	}
+	_, user, err := auth.ParseUsername(cr.Username)
+	_, curUser, _ := auth.ParseUsername(c.cur.Username)
+	switch {
+	case err != nil:
+		c.log.Warn().Err(err).Msg("credentials file changed but cannot be used")
+	case user != curUser:
+		c.log.Warn().Str("user", user).Str("want", curUser).Msg("credentials file now names another user: ignored")
+	case !fallback.CredExpiry(cr).After(fallback.CredExpiry(c.cur)):
+		// Same or older: nothing to do.
+	default:
+		c.cur = cr
+		c.log.Info().Time("expires", fallback.CredExpiry(cr)).Msg("credentials reloaded")
+	}
+	return c.cur
+}
+
 // newRelay builds the agent's TURN allocation holder; relayed payloads go
 // to the router as three hops (X → relay(X) → relay(Y) → Y).
 func (a *Agent) newRelay() *fallback.Relay {
 	return fallback.New(fallback.Config{
 		Self: a.self, Realm: a.cfg.Overlay, Log: a.log,
-		Credentials: func() auth.Credentials { return a.cfg.Credentials },
+		Credentials: a.creds.get,
 		Deliver: func(src ids.PeerID, from string, payload []byte) {
 			a.send.learn(src, from)
-			a.router.Deliver(src, ids.PeerID{}, 3, payload)
+			// src's overlay path to us failed; ours to src most likely
+			// too (a cut link drops both ways): answer the same way.
+			a.send.stick(src, time.Now())
+			if a.send.inbound(src, payload) {
+				a.router.Deliver(src, ids.PeerID{}, 3, payload)
+			}
 		},
 	})
 }

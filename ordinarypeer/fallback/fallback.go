@@ -12,11 +12,14 @@ package fallback
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pion/turn/v2"
 	"github.com/rs/zerolog"
@@ -70,8 +73,17 @@ type Config struct {
 	Self ids.PeerID
 	// Realm is the TURN realm: the overlay name.
 	Realm string
-	// Credentials are the agent's own (EXPIRY:USER, password).
+	// Credentials are the agent's own (EXPIRY:USER, password). It is
+	// called for every allocation and, near the expiry of the ones in use,
+	// on every Ensure: a func that reloads a renewed credentials file lets
+	// the allocation move to the new ones before the server refuses its
+	// refreshes.
 	Credentials func() auth.Credentials
+	// RenewBefore is how long before its credentials expire an allocation
+	// is replaced by one made with newer credentials (default 2 min; the
+	// server refuses refreshes with expired ones, pion only logs that, and
+	// the allocation would die unnoticed).
+	RenewBefore time.Duration
 	// Deliver gets every valid inbound payload with its source Peer-ID
 	// and the relayed address it came from (the sender's allocation). It
 	// owns payload.
@@ -104,7 +116,10 @@ type Relay struct {
 
 // alloc is one allocation: its socket, client and relayed conn.
 type alloc struct {
-	server  string
+	server string
+	// expires is when the credentials it was made (and is refreshed) with
+	// expire; zero if unknown.
+	expires time.Time
 	sock    net.PacketConn
 	client  *turn.Client
 	relay   net.PacketConn
@@ -121,6 +136,9 @@ func (al *alloc) close() {
 
 // New makes a Relay without an allocation; Ensure allocates.
 func New(cfg Config) *Relay {
+	if cfg.RenewBefore <= 0 {
+		cfg.RenewBefore = 2 * time.Minute
+	}
 	return &Relay{cfg: cfg, log: cfg.Log.With().Str("component", "fallback").Logger()}
 }
 
@@ -146,12 +164,46 @@ func (r *Relay) Stats() Stats {
 	return st
 }
 
+// Order ranks TURN servers for the agent self by rendezvous hashing
+// (highest sha256(self, server) first): agents spread evenly over the
+// super peers instead of all picking the first one listed, each agent
+// keeps its choice while the list changes around it, and dropping the
+// attachment from the list moves only the agents that had picked it.
+func Order(self ids.PeerID, servers []string) []string {
+	out := slices.Clone(servers)
+	slices.Sort(out)
+	out = slices.Compact(out)
+	score := func(s string) uint64 {
+		h := sha256.New()
+		h.Write(self[:])
+		h.Write([]byte(s))
+		return binary.BigEndian.Uint64(h.Sum(nil))
+	}
+	scores := make(map[string]uint64, len(out))
+	for _, s := range out {
+		scores[s] = score(s)
+	}
+	slices.SortStableFunc(out, func(a, b string) int {
+		switch sa, sb := scores[a], scores[b]; {
+		case sa > sb:
+			return -1
+		case sa < sb:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
 // Ensure keeps an allocation on one of servers (TURN addresses) other than
 // avoid (the attachment's TURN address), re-allocating when there is
-// none, it died, or it sits on avoid or on a server no longer listed;
-// permits are the super peers' IPs. It reports whether the relayed
-// address changed. It may block for seconds (pion retransmits to a dead
-// server for ≈ 8 s).
+// none, it died, it sits on avoid or on a server no longer listed, or its
+// credentials are about to expire and newer ones are available; permits
+// are the super peers' IPs. A new allocation goes to the first server of
+// Order that grants one; the old one is released only after that (the
+// relayed address changes, the caller re-publishes it). It reports
+// whether the relayed address changed. It may block for seconds (pion
+// retransmits to a dead server for ≈ 8 s).
 func (r *Relay) Ensure(avoid string, servers, permits []string) (bool, error) {
 	r.mu.Lock()
 	cur, closed := r.cur, r.closed
@@ -162,17 +214,23 @@ func (r *Relay) Ensure(avoid string, servers, permits []string) (bool, error) {
 	slices.Sort(permits)
 	permits = slices.Compact(permits)
 	if cur != nil && !cur.dead.Load() && cur.server != avoid && slices.Contains(servers, cur.server) {
-		if !slices.Equal(cur.permits, permits) {
-			if err := permit(cur.client, permits); err != nil {
-				r.log.Warn().Err(err).Msg("TURN permissions")
-			} else {
-				cur.permits = permits
+		switch renew, why := r.renewDue(cur, time.Now()); {
+		case renew:
+			r.log.Info().Str("server", cur.server).Time("credentials_expire", cur.expires).Str("why", why).
+				Msg("TURN allocation renewal")
+		default:
+			if !slices.Equal(cur.permits, permits) {
+				if err := permit(cur.client, permits); err != nil {
+					r.log.Warn().Err(err).Msg("TURN permissions")
+				} else {
+					cur.permits = permits
+				}
 			}
+			return false, nil
 		}
-		return false, nil
 	}
 	var errs []error
-	for _, s := range servers {
+	for _, s := range Order(r.cfg.Self, servers) {
 		if s == "" || s == avoid {
 			continue
 		}
@@ -199,11 +257,14 @@ func (r *Relay) Ensure(avoid string, servers, permits []string) (bool, error) {
 		go r.read(al)
 		return true, nil
 	}
-	// None: drop a dead or misplaced allocation anyway.
+	// None: drop a dead or misplaced allocation anyway (one whose
+	// credentials merely near their expiry still works meanwhile).
 	r.mu.Lock()
 	old := r.cur
-	if old != nil {
+	if old != nil && (old.dead.Load() || old.server == avoid || !slices.Contains(servers, old.server) || r.expired(old, time.Now())) {
 		r.cur = nil
+	} else {
+		old = nil
 	}
 	r.mu.Unlock()
 	if old != nil {
@@ -213,6 +274,41 @@ func (r *Relay) Ensure(avoid string, servers, permits []string) (bool, error) {
 		return old != nil, ErrNoAllocation
 	}
 	return old != nil, errors.Join(errs...)
+}
+
+// expired: the server refuses the allocation's refreshes from now on.
+func (r *Relay) expired(al *alloc, now time.Time) bool {
+	return !al.expires.IsZero() && !now.Before(al.expires)
+}
+
+// renewDue says whether al must be replaced because of its credentials:
+// they have expired (its next refresh will be refused: a new allocation
+// is the only way on, with whatever credentials there are), or they
+// expire within RenewBefore and newer ones are available.
+func (r *Relay) renewDue(al *alloc, now time.Time) (bool, string) {
+	if al.expires.IsZero() || al.expires.Sub(now) > r.cfg.RenewBefore {
+		return false, ""
+	}
+	if r.expired(al, now) {
+		return true, "credentials expired: refreshes are refused"
+	}
+	if exp := CredExpiry(r.cfg.Credentials()); exp.After(al.expires) {
+		return true, "newer credentials"
+	}
+	return false, ""
+}
+
+// CredExpiry is when cr expires: its Expires, else the EXPIRY of its
+// username; zero if neither says.
+func CredExpiry(cr auth.Credentials) time.Time {
+	if !cr.Expires.IsZero() {
+		return cr.Expires
+	}
+	exp, _, err := auth.ParseUsername(cr.Username)
+	if err != nil {
+		return time.Time{}
+	}
+	return exp
 }
 
 func (r *Relay) allocate(server string, permits []string) (*alloc, error) {
@@ -241,7 +337,7 @@ func (r *Relay) allocate(server string, permits []string) (*alloc, error) {
 		sock.Close()
 		return nil, err
 	}
-	al := &alloc{server: server, sock: sock, client: c, relay: relay}
+	al := &alloc{server: server, expires: CredExpiry(cr), sock: sock, client: c, relay: relay}
 	if err := permit(c, permits); err != nil {
 		al.close()
 		return nil, err

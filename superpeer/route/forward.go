@@ -163,7 +163,11 @@ func (r *Router) toSuperPeerWait(ctx context.Context, from *link.Conn, sp ids.Pe
 }
 
 func (r *Router) sendTo(ctx context.Context, from *link.Conn, sp ids.PeerID, f *wire.Frame) {
-	if _, blocked := r.blocked.Load(sp); blocked {
+	if drop, blocked := r.blocked.Load(sp); blocked {
+		if drop.(bool) {
+			r.drop("dropped_for_test", f)
+			return
+		}
 		r.fail(from, f, wire.Errorf(wire.CodeUnknownPeer, "super peer %s unreachable: blocked for test", sp.Short()))
 		return
 	}

@@ -73,7 +73,7 @@ type Router struct {
 
 	wg sync.WaitGroup // lookups and dials in flight
 
-	blocked sync.Map // ids.PeerID → struct{}: super peers BlockForTest refuses
+	blocked sync.Map // ids.PeerID → bool (drop silently): super peers BlockForTest/DropForTest cut off
 }
 
 // New builds a router.

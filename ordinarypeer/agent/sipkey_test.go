@@ -1,0 +1,32 @@
+package agent
+
+import "testing"
+
+func TestTxKey(t *testing.T) {
+	const inv = "INVITE sip:bob@x SIP/2.0\r\n" +
+		"Via: SIP/2.0/TLS 100.64.0.1:5061;branch=z9hG4bK.a1;rport, SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK.zz\r\n" +
+		"Via: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK.b2\r\n" +
+		"CSeq: 7 INVITE\r\nContent-Length: 0\r\n\r\n"
+	const trying = "SIP/2.0 100 Trying\r\nv: SIP/2.0/TLS 100.64.0.1:5061;rport;BRANCH=z9hG4bK.a1\r\ncseq: 7 INVITE\r\n\r\n"
+	const cancel = "CANCEL sip:bob@x SIP/2.0\r\nVia: SIP/2.0/TLS 100.64.0.1:5061;branch=z9hG4bK.a1\r\nCSeq: 7 CANCEL\r\n\r\n"
+	const body = "MESSAGE sip:bob@x SIP/2.0\r\nCSeq: 1 MESSAGE\r\nContent-Length: 30\r\n\r\nVia: SIP/2.0/UDP h;branch=fake"
+	for _, tc := range []struct {
+		name, msg, key, method string
+		req, ok                bool
+	}{
+		{"invite", inv, "z9hG4bK.a1 INVITE", "INVITE", true, true},
+		{"its 100 Trying, compact and lower-case", trying, "z9hG4bK.a1 INVITE", "", false, true},
+		{"cancel shares the branch, not the key", cancel, "z9hG4bK.a1 CANCEL", "CANCEL", true, true},
+		{"no Via in the headers (one in the body)", body, "", "", false, false},
+		{"no branch", "BYE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h\r\nCSeq: 2 BYE\r\n\r\n", "", "", false, false},
+		{"no CSeq", "BYE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\r\n", "", "", false, false},
+		{"bad CSeq", "BYE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCSeq: BYE\r\n\r\n", "", "", false, false},
+		{"one line", "BYE sip:x SIP/2.0", "", "", false, false},
+		{"empty", "", "", "", false, false},
+	} {
+		key, req, method, ok := txKey([]byte(tc.msg))
+		if ok != tc.ok || (ok && (key != tc.key || req != tc.req || method != tc.method)) {
+			t.Errorf("%s: txKey = %q, %t, %q, %t; want %q, %t, %q, %t", tc.name, key, req, method, ok, tc.key, tc.req, tc.method, tc.ok)
+		}
+	}
+}
