@@ -61,6 +61,7 @@ func peerFlags() []cli.Flag {
 			Usage: "`json` or console"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("log-level"),
 			Usage: "`LEVEL`: trace, debug, info, warn or error"}),
+		logSampleFlag(),
 	}
 }
 
@@ -82,12 +83,12 @@ func runPeer(c *cli.Context) error {
 	if c.Args().Present() {
 		return fmt.Errorf("peer takes no arguments, got %q", c.Args().Slice())
 	}
-	log, err := logx.New(logx.Options{Format: c.String("log-format"), Level: c.String("log-level")})
-	if err != nil {
+	if err := validate(c, peerChecks()); err != nil {
 		return err
 	}
-	if c.Path("credentials-file") == "" {
-		return fmt.Errorf("--credentials-file is required (issue one with `p2psip credentials issue -o FILE`)")
+	log, err := logx.New(logx.Options{Format: c.String("log-format"), Level: c.String("log-level"), Sample: c.String("log-sample")})
+	if err != nil {
+		return err
 	}
 	creds, err := auth.LoadCredentials(c.Path("credentials-file"))
 	if err != nil {

@@ -80,6 +80,7 @@ func superpeerFlags() []cli.Flag {
 			Usage: "`json` or console"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("log-level"),
 			Usage: "`LEVEL`: trace, debug, info, warn or error"}),
+		logSampleFlag(),
 	}
 }
 
@@ -102,19 +103,12 @@ func runSuperpeer(c *cli.Context) error {
 	if c.Args().Present() {
 		return fmt.Errorf("superpeer takes no arguments, got %q", c.Args().Slice())
 	}
-	log, err := logx.New(logx.Options{Format: c.String("log-format"), Level: c.String("log-level")})
-	if err != nil {
+	if err := validate(c, superpeerChecks()); err != nil {
 		return err
 	}
-	for _, name := range []string{"peer-port", "gossip-port", "sip-port", "sips-port", "turn-port"} {
-		if p := c.Int(name); p < 0 || p > 65535 {
-			return fmt.Errorf("--%s %d: want 0..65535", name, p)
-		}
-	}
-	for _, name := range []string{"write-quorum", "capacity", "sip-max-inflight"} {
-		if c.Int(name) < 0 {
-			return fmt.Errorf("--%s %d: must not be negative", name, c.Int(name))
-		}
+	log, err := logx.New(logx.Options{Format: c.String("log-format"), Level: c.String("log-level"), Sample: c.String("log-sample")})
+	if err != nil {
+		return err
 	}
 	cfg := superpeer.Config{
 		Overlay:     c.String("overlay"),
@@ -146,10 +140,7 @@ func runSuperpeer(c *cli.Context) error {
 		TURNMaxPerUser:     c.Int("turn-max-per-user"),
 		TURNAllowLoopback:  c.Bool("turn-allow-loopback"),
 	}
-	if _, err := fmt.Sscanf(c.String("turn-relay-ports"), "%d-%d", &cfg.RelayMinPort, &cfg.RelayMaxPort); err != nil ||
-		cfg.RelayMinPort < 1024 || cfg.RelayMaxPort > 65535 || cfg.RelayMinPort > cfg.RelayMaxPort {
-		return fmt.Errorf("--turn-relay-ports %q: want MIN-MAX within 1024-65535", c.String("turn-relay-ports"))
-	}
+	cfg.RelayMinPort, cfg.RelayMaxPort, _ = relayPorts(c.String("turn-relay-ports")) // validated
 	node, err := superpeer.New(cfg, log)
 	if err != nil {
 		return err
@@ -269,6 +260,7 @@ func loadConfig(flags []cli.Flag) cli.BeforeFunc {
 			sort.Strings(unknown)
 			return fmt.Errorf("config %s: unknown keys %s (keys are flag names, e.g. peer-port)", path, strings.Join(unknown, ", "))
 		}
+		recordFileKeys(c, path, raw)
 		if err := altsrc.ApplyInputSourceValues(c, altsrc.NewMapInputSource(path, values), flags); err != nil {
 			return fmt.Errorf("config %s: %s", path, strings.Join(strings.Fields(err.Error()), " "))
 		}
