@@ -1,0 +1,305 @@
+// Package calls measures SIP calls (INVITE, 180, 200, ACK, BYE, 200) from a
+// SIPp UAC to a SIPp UAS on loopback through one of three paths (a Rig):
+// the overlay (UAC → agent → super peer → super peer → agent → UAS, all of
+// it in this process), a single Kamailio stateful proxy, or directly (the
+// ceiling of SIPp on this machine). A Step is one SIPp run at a fixed
+// offered rate; MaxRate ramps the rate up to the highest with no failed
+// call and then holds it (30 s in the full benchmark) to confirm it.
+package calls
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/p2psip/p2psip/common/siproute"
+	"github.com/p2psip/p2psip/e2e/bench/kamailio"
+	"github.com/p2psip/p2psip/e2e/harness"
+	"github.com/p2psip/p2psip/e2e/harness/sipp"
+)
+
+// Rig is a SIPp UAS registered as bob and a path for a SIPp UAC calling
+// bob as alice.
+type Rig struct {
+	Name    string
+	target  string // where the UAC sends its INVITEs
+	domain  string
+	uasPort int
+	agents  []*harness.Agent // overlay only
+	kam     *kamailio.Server // Kamailio only
+}
+
+// NewOverlay starts two super peers, agents for alice and bob on different
+// ones, and registers bob's UAS contact at bob's agent. Logs are at warn:
+// logging is not what we measure.
+func NewOverlay(tb testing.TB) *Rig {
+	tb.Helper()
+	sipp.Bin(tb)
+	o := harness.New(tb)
+	o.Log = o.Log.Level(zerolog.WarnLevel)
+	sp1, sp2 := o.Start(), o.Start()
+	o.WaitConverged(15 * time.Second)
+	a, b := o.StartAgent("alice", sp1), o.StartAgent("bob", sp2)
+	r := &Rig{Name: "overlay", target: a.SIPAddr(), domain: o.Name, uasPort: sipp.FreeUDPPort(tb),
+		agents: []*harness.Agent{a, b}}
+	r.register(tb, b.SIPAddr())
+	return r
+}
+
+// NewKamailio starts Kamailio as a stateful proxy (e2e/bench/kamailio/
+// proxy.cfg) and registers bob's UAS contact there. It skips tb when
+// Kamailio is not installed.
+func NewKamailio(tb testing.TB) *Rig {
+	tb.Helper()
+	sipp.Bin(tb)
+	const domain = "example.net"
+	k := kamailio.Start(tb, kamailio.Config{Role: kamailio.Proxy, Domain: domain})
+	r := &Rig{Name: "kamailio", target: k.Addr, domain: domain, uasPort: sipp.FreeUDPPort(tb), kam: k}
+	r.register(tb, k.Addr)
+	return r
+}
+
+// NewDirect is the UAC calling the UAS with nothing between them.
+func NewDirect(tb testing.TB) *Rig {
+	tb.Helper()
+	sipp.Bin(tb)
+	port := sipp.FreeUDPPort(tb)
+	return &Rig{Name: "direct", target: "127.0.0.1:" + strconv.Itoa(port), domain: "example.net", uasPort: port}
+}
+
+func (r *Rig) register(tb testing.TB, registrar string) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := sipp.Register(ctx, tb, registrar, "bob", r.domain, r.uasPort); err != nil {
+		tb.Fatalf("%s: register the UAS: %v", r.Name, err)
+	}
+}
+
+// Step is one SIPp run at a fixed offered rate.
+type Step struct {
+	Rate, Calls int
+	Duration    time.Duration
+	Stats       sipp.Stats
+	Err         error   // the UAC's exit error, or a parse error
+	Achieved    float64 // calls per second answered (200 arrivals, first to last)
+	// P50, P99 and Mean are INVITE→200 times from SIPp: 1 ms resolution,
+	// so sub-millisecond ones read 0; the mean of many is still good to
+	// well below 1 ms as the truncation errors average out.
+	P50, P99, Mean time.Duration
+	// CPU is the system under test's CPU time per call: this process's
+	// (both agents and both super peers) for the overlay, Kamailio's
+	// processes' for Kamailio, none for direct.
+	CPU time.Duration
+	// Losses sums the agents' counters of payloads dropped, requests
+	// refused for overload and tunnel send errors during the run.
+	Losses string
+}
+
+// OK says every call succeeded and the answers kept up with the offered
+// rate.
+func (s Step) OK() bool {
+	return s.Err == nil && s.Stats.Failed == 0 && s.Stats.Successful == s.Calls && s.Achieved >= 0.9*float64(s.Rate)
+}
+
+func (s Step) String() string {
+	status := "ok"
+	if !s.OK() {
+		status = "FAILED"
+		if s.Err != nil {
+			status += " (" + firstLine(s.Err.Error()) + ")"
+		}
+	}
+	cpu := ""
+	if s.CPU > 0 {
+		cpu = fmt.Sprintf("; %v CPU/call", s.CPU.Round(time.Microsecond))
+	}
+	return fmt.Sprintf("%6d calls/s offered for %v: %7.0f answered/s, %s; INVITE→200 mean %v p50 %v p99 %v%s%s: %s",
+		s.Rate, s.Duration, s.Achieved, s.Stats, s.Mean.Round(10*time.Microsecond), s.P50, s.P99, cpu, s.Losses, status)
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// Run places rate×d calls at rate calls/s with a fresh UAS (a reused one
+// would keep retransmitting from an overloaded run into the next).
+func (r *Rig) Run(tb testing.TB, rate int, d time.Duration) Step {
+	tb.Helper()
+	r.quiesce()
+	n := max(int(float64(rate)*d.Seconds()), 1)
+	res := Step{Rate: rate, Calls: n, Duration: d}
+	ctx, cancel := context.WithTimeout(context.Background(), d+2*time.Minute)
+	defer cancel()
+	uas := sipp.UAS(ctx, tb, r.uasPort, 0)
+	defer uas.Kill()
+	cpu0, before := r.cpu(), r.counters()
+	uac := sipp.UAC(ctx, tb, sipp.Calls{Target: r.target, From: "alice", To: "bob", Domain: r.domain, N: n, Rate: rate})
+	res.Err = uac.Wait(d + 90*time.Second)
+	uac.Kill()
+	if c := r.cpu() - cpu0; c > 0 {
+		res.CPU = c / time.Duration(n)
+	}
+	if r.agents != nil {
+		after := r.counters()
+		res.Losses = fmt.Sprintf("; agents dropped %d, refused %d, tunnel errors %d",
+			after.Dropped-before.Dropped, after.Overload-before.Overload, after.TunnelErrors-before.TunnelErrors)
+	}
+	var err error
+	if res.Stats, err = uac.Stats(); err != nil && res.Err == nil {
+		res.Err = err
+	}
+	rtts, err := uac.ResponseTimes()
+	if err != nil && res.Err == nil {
+		res.Err = err
+	}
+	if len(rtts) > 1 {
+		if span := rtts[len(rtts)-1].At - rtts[0].At; span > 0 {
+			res.Achieved = float64(len(rtts)-1) / span.Seconds()
+		}
+	} else if len(rtts) == 1 && n == 1 {
+		res.Achieved = float64(rate)
+	}
+	res.P50, res.P99 = sipp.Percentile(rtts, 50), sipp.Percentile(rtts, 99)
+	if len(rtts) > 0 {
+		var sum time.Duration
+		for _, x := range rtts {
+			sum += x.Time
+		}
+		res.Mean = sum / time.Duration(len(rtts))
+	}
+	return res
+}
+
+// cpu is the CPU time the system under test has used so far.
+func (r *Rig) cpu() time.Duration {
+	switch {
+	case r.agents != nil:
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			return 0
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	case r.kam != nil:
+		return r.kam.CPU()
+	}
+	return 0
+}
+
+// counters sums the agents' loss counters.
+func (r *Rig) counters() siproute.Stats {
+	var sum siproute.Stats
+	for _, a := range r.agents {
+		s := a.Router().Stats()
+		sum.Dropped += s.Dropped
+		sum.Overload += s.Overload
+		sum.TunnelErrors += s.TunnelErrors
+	}
+	return sum
+}
+
+// quiesce waits until the agents have passed no tunnel traffic for half a
+// second (an overloaded step leaves retransmissions and timers behind); for
+// the other rigs it gives the retransmission timers of a previous step a
+// moment to end.
+func (r *Rig) quiesce() {
+	if r.agents == nil {
+		time.Sleep(300 * time.Millisecond)
+		return
+	}
+	count := func() uint64 {
+		var n uint64
+		for _, a := range r.agents {
+			s := a.Router().Stats()
+			n += s.TunnelIn + s.TunnelOut
+		}
+		return n
+	}
+	last, since := count(), time.Now()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Since(since) < 500*time.Millisecond && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		if n := count(); n != last {
+			last, since = n, time.Now()
+		}
+	}
+}
+
+// Ramp configures MaxRate.
+type Ramp struct {
+	// Start is the first offered rate; it doubles while steps pass, up to
+	// Limit.
+	Start, Limit int
+	// Step is the duration of a ramp step.
+	Step time.Duration
+	// Bisect is how many steps to try between the last pass and the
+	// first failure.
+	Bisect int
+	// Hold is the duration of the confirming run at the rate found; when
+	// it fails the rate is lowered by 15 % and held again, at most
+	// HoldTries times in all.
+	Hold      time.Duration
+	HoldTries int
+	// Log receives each step as it ends.
+	Log func(format string, args ...any)
+}
+
+// MaxRate finds the highest offered rate with no failed call: a ramp of
+// short steps, then a Hold at the rate found. It returns the passing hold
+// (Rate 0 when none passed) and every step run, holds included.
+func (r *Rig) MaxRate(tb testing.TB, c Ramp) (best Step, steps []Step) {
+	tb.Helper()
+	run := func(rate int, d time.Duration) Step {
+		s := r.Run(tb, rate, d)
+		steps = append(steps, s)
+		if c.Log != nil {
+			c.Log("%s: %v", r.Name, s)
+		}
+		return s
+	}
+	lastOK, firstFail := 0, 0
+	for rate := c.Start; rate <= c.Limit; rate *= 2 {
+		if !run(rate, c.Step).OK() {
+			firstFail = rate
+			break
+		}
+		lastOK = rate
+	}
+	for range c.Bisect {
+		if lastOK == 0 || firstFail == 0 || firstFail-lastOK <= lastOK/8 {
+			break
+		}
+		mid := roundRate((lastOK + firstFail) / 2)
+		if run(mid, c.Step).OK() {
+			lastOK = mid
+		} else {
+			firstFail = mid
+		}
+	}
+	rate := lastOK
+	for try := 0; try < c.HoldTries && rate > 0; try++ {
+		if s := run(rate, c.Hold); s.OK() {
+			return s, steps
+		}
+		rate = roundRate(rate * 85 / 100)
+	}
+	return Step{}, steps
+}
+
+// roundRate rounds to two significant digits, for readable steps.
+func roundRate(r int) int {
+	m := 1
+	for r/m >= 100 {
+		m *= 10
+	}
+	return max(r/m*m, 1)
+}
