@@ -66,6 +66,12 @@ type AgentStatus struct {
 // the given super peers, and waits until it is attached.
 func (o *Overlay) StartAgent(t testing.TB, host, user string, keepalive time.Duration, bootstrap ...*SuperPeer) *Agent {
 	t.Helper()
+	return o.StartAgentWith(t, host, user, keepalive, nil, bootstrap...)
+}
+
+// StartAgentWith is StartAgent with extra arguments for `p2psip peer`.
+func (o *Overlay) StartAgentWith(t testing.TB, host, user string, keepalive time.Duration, extra []string, bootstrap ...*SuperPeer) *Agent {
+	t.Helper()
 	RequireAgent(t)
 	a := &Agent{Host: host, IP: HostIP[host], User: user, DataDir: filepath.Join(o.Dir, "agent-"+host), o: o}
 	var boot []string
@@ -91,6 +97,7 @@ func (o *Overlay) StartAgent(t testing.TB, host, user string, keepalive time.Dur
 			t.Logf("`p2psip peer` has no --keepalive flag; running with its default")
 		}
 	}
+	args = append(args, extra...)
 	a.Proc = o.Start(host, "agent-"+host+"-"+user, args...)
 	st := a.WaitAttached(t, 20*time.Second)
 	sp := o.ByPeerID(st.SuperPeer)

@@ -45,6 +45,9 @@ type Overlay struct {
 	Secret string
 	CA     string
 	SPs    []*SuperPeer
+	// SuperPeerArgs are added to every super peer's command line
+	// (StartOverlayWith; e.g. the promotion policy).
+	SuperPeerArgs []string
 }
 
 // SuperPeer is one `p2psip superpeer` process.
@@ -93,7 +96,14 @@ type PeerSession struct {
 // is ready and sees all of them.
 func StartOverlay(t testing.TB, tp *Topology, hosts ...string) *Overlay {
 	t.Helper()
-	o := &Overlay{Topology: tp, Name: OverlayName, Secret: filepath.Join(tp.Dir, "overlay.secret")}
+	return StartOverlayWith(t, tp, nil, hosts...)
+}
+
+// StartOverlayWith is StartOverlay with extra arguments for every super
+// peer's command line.
+func StartOverlayWith(t testing.TB, tp *Topology, spArgs []string, hosts ...string) *Overlay {
+	t.Helper()
+	o := &Overlay{Topology: tp, Name: OverlayName, Secret: filepath.Join(tp.Dir, "overlay.secret"), SuperPeerArgs: spArgs}
 	secret := make([]byte, 32)
 	rand.Read(secret) //nolint:errcheck // never fails
 	if err := os.WriteFile(o.Secret, []byte(hex.EncodeToString(secret)+"\n"), 0o600); err != nil {
@@ -144,6 +154,7 @@ func (o *Overlay) startSuperPeer(host string, join []string) *SuperPeer {
 	if len(join) > 0 {
 		args = append(args, "--join", strings.Join(join, ","))
 	}
+	args = append(args, o.SuperPeerArgs...)
 	sp.Proc = o.Start(host, host, args...)
 	o.SPs = append(o.SPs, sp)
 	return sp

@@ -399,10 +399,3 @@ func TestEdgePhone(t *testing.T) {
 		res1.Successful, res1.Created, res2.Successful, res2.Created, rate,
 		edge.Host, edge.SIPAddr(), regTime.Round(time.Millisecond), relayed(alice, bob), hops, view)
 }
-
-// TestPromotion is scenario 5: the public host runs `p2psip peer --role
-// auto` and is promoted to super peer; a host behind NAT with the same
-// flags is not.
-func TestPromotion(t *testing.T) {
-	t.Skip("lands with issue 5 (promotion of reachable peers): `p2psip peer --role auto` on 203.0.113.20 joins the mesh (4 members), the same on lan1 stays an ordinary peer")
-}

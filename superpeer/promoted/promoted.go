@@ -101,10 +101,18 @@ func New(cfg Config, log zerolog.Logger) (*Node, error) {
 	ln := cfg.Listener
 	if ln == nil {
 		host, _, err := net.SplitHostPort(cfg.Listen)
-		if err != nil || net.ParseIP(host) == nil {
+		ip := net.ParseIP(host)
+		if err != nil || ip == nil {
 			return nil, fmt.Errorf("promoted: listen %q: want IP:port", cfg.Listen)
 		}
-		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+		// "tcp4" for an IPv4 address: Go would turn 0.0.0.0 into a
+		// dual-stack [::] socket, and the super peer binds its other
+		// services on the same address, some of which want IPv4.
+		network := "tcp6"
+		if ip.To4() != nil {
+			network = "tcp4"
+		}
+		if ln, err = net.Listen(network, cfg.Listen); err != nil {
 			return nil, fmt.Errorf("promoted: peer protocol listener: %w", err)
 		}
 	}
