@@ -318,13 +318,6 @@ func TestPacketLoss(t *testing.T) {
 		t.Name(), res.Created, res.Successful, res.Failed, rate, pct, dropped, res.Retransmissions, failovers, relayed(alice, bob), hops, view)
 }
 
-// TestTURNFallback is scenario 3: cut the link between the two agents'
-// super peers (o.Partition between their namespaces); calls still complete
-// through the TURN fallback.
-func TestTURNFallback(t *testing.T) {
-	t.Skip("lands with issue 5 (STUN/TURN on super peers and the TURN fallback): partition SP(alice) from SP(bob), then 200 calls through the relay, 0 failures, relayed share 100%")
-}
-
 // TestEdgePhone is scenario 4: a plain SIPp phone on the public segment
 // (203.0.113.30) registers at a super peer's SIP edge with digest auth and
 // calls a phone behind NAT, and back.

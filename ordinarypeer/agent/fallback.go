@@ -463,6 +463,15 @@ func (s *sender) sweep(now time.Time) {
 			delete(s.pending, k)
 		}
 	}
+	// The path to those destinations is deemed broken: their younger
+	// requests go through the relays now too instead of each waiting out
+	// the bound (at 20 calls/s, 30 INVITEs are under way in 1.5 s).
+	for k, p := range s.pending {
+		if ps, broken := byDst[p.dst]; broken {
+			byDst[p.dst] = append(ps, p.payload)
+			delete(s.pending, k)
+		}
+	}
 	s.npending.Store(int64(len(s.pending)))
 	s.mu.Unlock()
 	why := "no response within " + s.after.String()
