@@ -128,6 +128,10 @@ func runPeer(c *cli.Context) error {
 		Role:         c.String("role"),
 		Promoter:     promoter,
 		Admin:        admin,
+
+		// Re-read when renewed: the TURN allocation moves to the new
+		// credentials before the old ones expire.
+		CredentialsFile: c.Path("credentials-file"),
 	}, log)
 	if err != nil {
 		return err

@@ -273,3 +273,58 @@ func TestTURNFallbackSilentCut(t *testing.T) {
 		}
 	}
 }
+
+// TestTURNFallbackPeerRecord: bob's contact carries no relayed address
+// (rewritten so by the test, as a registration stored before his
+// allocation existed would be), only his peer record does. With the
+// link between sp1 and sp2 cut silently, alice's agent finds bob's
+// relayed address in his peer record once the overlay path has failed,
+// and the call completes through the relays.
+func TestTURNFallbackPeerRecord(t *testing.T) {
+	o, sps, a, b, alice, bob := relayWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	aor := "sip:bob@" + o.Name
+	rec, err := lookupAoR(ctx, o, sps[0], aor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec = rec.Live(time.Now())
+	for i := range rec.Entries {
+		e := &rec.Entries[i]
+		if e.Contact != nil {
+			e.Contact.Relay = ""
+			e.CSeq++ // a newer registration of the same contact
+		}
+	}
+	s, err := o.Dial(sps[2], o.Credentials("bob"), wire.RoleClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Put(ctx, rec); err != nil {
+		t.Fatalf("rewrite bob's contact: %v", err)
+	}
+	harness.Eventually(t, 10*time.Second, func() error {
+		rec, err := lookupAoR(ctx, o, sps[0], aor)
+		if err != nil {
+			return err
+		}
+		cs := liveContacts(rec)
+		if len(cs) != 1 || cs[0].Relay != "" {
+			return fmt.Errorf("bob's contacts %+v, want one without a relayed address", cs)
+		}
+		return nil
+	})
+
+	sps[0].Node.RouterForTest().DropForTest(sps[1].Node.ID())
+	sps[1].Node.RouterForTest().DropForTest(sps[0].Node.ID())
+	before := *a.Status().Relay
+	callAndCheck(t, alice, a, bob, b, 3)
+	after := *a.Status().Relay
+	t.Logf("alice's agent: peer-record lookups %d, timeouts %d, relayed out %d",
+		after.Lookups-before.Lookups, after.Timeouts-before.Timeouts, after.RelayedOut-before.RelayedOut)
+	if after.Lookups == before.Lookups || after.RelayedOut-before.RelayedOut < 3 {
+		t.Errorf("want a peer-record lookup and at least 3 relayed messages")
+	}
+}
