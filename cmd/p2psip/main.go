@@ -61,6 +61,7 @@ func newApp() *cli.App {
 			serviceCommand(),
 			statusCommand(),
 			configCommand(),
+			demoCommand(),
 		},
 		Version:        version,
 		ExitErrHandler: func(*cli.Context, error) {},
