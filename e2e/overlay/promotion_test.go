@@ -3,13 +3,18 @@ package overlay
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/p2psip/p2psip/common/ids"
 	"github.com/p2psip/p2psip/common/record"
+	"github.com/p2psip/p2psip/common/wire"
 	"github.com/p2psip/p2psip/e2e/harness"
 	"github.com/p2psip/p2psip/e2e/harness/phone"
 	"github.com/p2psip/p2psip/ordinarypeer/agent"
@@ -39,12 +44,18 @@ func promotableAgent(t *testing.T, o *harness.Overlay, user string, sp *harness.
 	t.Helper()
 	tmpl := o.FastConfig()
 	tmpl.DataDir = ""
-	pn, err := promoted.New(promoted.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Template: tmpl, LeaveTimeout: 2 * time.Second},
-		o.Log.With().Str("agent", user).Logger())
+	// memberlist does not join its goroutines on shutdown: a probe under
+	// way may still log after the test ended, which testing turns into a
+	// panic. The promoted super peer's log is cut off once the test is done.
+	gw := &gatedWriter{w: zerolog.NewTestWriter(t)}
+	t.Cleanup(gw.close) // registered before the agent's: runs after its stop
+	log := zerolog.New(gw).Level(zerolog.InfoLevel).With().Timestamp().Str("agent", user).Logger()
+	pn, err := promoted.New(promoted.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Template: tmpl, LeaveTimeout: 2 * time.Second}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := o.AgentConfig(user, sp)
+	cfg.SIPUDP, cfg.SIPTCP = sipSockets(t)
 	cfg.Role = "auto"
 	cfg.Promoter = pn
 	if wrap != nil {
@@ -248,4 +259,115 @@ func TestPromotionLiar(t *testing.T) {
 			t.Fatalf("%s sees %d members after the liars", sp.Node.ID().Short(), n)
 		}
 	}
+}
+
+// TestPromotionPolicy: a reachable node is still refused while it is
+// younger than the overlay's minimum uptime, or while the mesh has no more
+// ordinary peers per super peer than the target ratio.
+func TestPromotionPolicy(t *testing.T) {
+	tests := map[string]struct {
+		tune func(*superpeer.Config)
+		want string
+	}{
+		"minimum uptime": {func(c *superpeer.Config) { c.Promotion, c.PromotionMinUptime = "auto", time.Hour }, "below the overlay's minimum 1h0m0s"},
+		"ratio":          {func(c *superpeer.Config) { c.Promotion, c.PromotionRatio = "auto", 10 }, "target ratio 10"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			o := harness.New(t)
+			o.Tune = tc.tune
+			sps := []*harness.SP{o.Start(), o.Start()}
+			o.WaitConverged(15 * time.Second)
+			a, pn := promotableAgent(t, o, "erin", sps[0], nil)
+			t.Logf("refused: %s", waitRefused(t, a, tc.want))
+			if pn.SuperPeer() != nil {
+				t.Fatal("a super peer was started")
+			}
+		})
+	}
+}
+
+// TestPromotionLoneSuperPeer: with no other super peer to ask, the one the
+// node talks to runs the dial-back test itself, and the node becomes the
+// second member.
+func TestPromotionLoneSuperPeer(t *testing.T) {
+	o, sps := promotionOverlay(t, 1, "auto")
+	a, pn := promotableAgent(t, o, "fred", sps[0], nil)
+	harness.Eventually(t, 40*time.Second, func() error {
+		if st := a.Status(); st.Role != agent.RoleSuperPeer {
+			return fmt.Errorf("role %q (promotion %+v)", st.Role, st.Promotion)
+		}
+		return nil
+	})
+	harness.Eventually(t, 15*time.Second, func() error {
+		if n := len(sps[0].Node.Mesh().View().Members); n != 2 {
+			return fmt.Errorf("%d members", n)
+		}
+		if att, ok := a.Uplink().Attachment(); !ok || att.SP != pn.SuperPeer().ID() {
+			return fmt.Errorf("agent attached to %s", att.SP.Short())
+		}
+		return nil
+	})
+}
+
+// TestPromotionForbidden: promotion is asked by agents only, and dial-back
+// tests by super peers only.
+func TestPromotionForbidden(t *testing.T) {
+	o, sps := promotionOverlay(t, 1, "auto")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c := o.Client(sps[0], "gina")
+	_, err := c.Conn.Request(ctx, wire.TypePromote, &wire.PromoteReq{PeerAddr: "127.0.0.1:6084", LocalAddr: "127.0.0.1"})
+	if wire.CodeOf(err) != wire.CodeForbidden || !strings.Contains(err.Error(), "promote is for agents") {
+		t.Fatalf("promote from a client: %v", err)
+	}
+	_, err = c.Conn.Request(ctx, wire.TypeDialBack, &wire.DialBackReq{PeerID: sps[0].Node.ID(), Addr: "127.0.0.1:1"})
+	if wire.CodeOf(err) != wire.CodeForbidden || !strings.Contains(err.Error(), "dialback is for super peers") {
+		t.Fatalf("dialback from a client: %v", err)
+	}
+}
+
+// sipSockets binds a UDP and a TCP socket on one ephemeral loopback port
+// for an agent's SIP side. Binding UDP on :0 and then TCP on its port (as
+// the agent does for SIPListen 127.0.0.1:0) fails now and then when
+// another test holds that TCP port; here a clash just means another try.
+func sipSockets(t *testing.T) (net.PacketConn, net.Listener) {
+	t.Helper()
+	for range 20 {
+		tcp, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		udp, err := net.ListenPacket("udp", tcp.Addr().String())
+		if err != nil {
+			tcp.Close()
+			continue
+		}
+		t.Cleanup(func() { udp.Close(); tcp.Close() })
+		return udp, tcp
+	}
+	t.Fatal("no free UDP+TCP port pair on 127.0.0.1")
+	return nil, nil
+}
+
+// gatedWriter drops writes once closed.
+type gatedWriter struct {
+	mu     sync.RWMutex // guards closed; held by writers while they write
+	w      io.Writer
+	closed bool
+}
+
+func (g *gatedWriter) Write(p []byte) (int, error) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if g.closed {
+		return len(p), nil
+	}
+	return g.w.Write(p)
+}
+
+func (g *gatedWriter) close() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
 }

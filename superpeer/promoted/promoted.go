@@ -294,6 +294,10 @@ func (n *Node) Promote(ctx context.Context, peerAddr string, g *wire.PromoteGran
 		go func() { errc <- sp.Run(spCtx) }()
 		select {
 		case err := <-errc:
+			// The super peer failed on its own: stop feeding it
+			// connections (they are closed from now on).
+			n.log.Error().Err(err).Msg("promoted super peer stopped")
+			n.handoff.Close()
 			cancel()
 			done <- err
 			return
