@@ -37,6 +37,7 @@ func TestComposeStack(t *testing.T) {
 		t.Skip("-short: skipping the Docker compose stack")
 	}
 	compose := composeCommand(t)
+	removeStale(t)
 	repo := repoRoot(t)
 	start := time.Now()
 
@@ -179,6 +180,54 @@ func composeCommand(t *testing.T) []string {
 	}
 	t.Skip("compose stack: neither `docker compose` nor docker-compose (Debian package docker-compose)")
 	return nil
+}
+
+// staleAge is how old a resource of an earlier run must be for
+// removeStale to take it: a run takes well under this, so a resource that
+// old belongs to a run that was killed before its cleanup (a go test
+// -timeout), not to one running beside us.
+const staleAge = 15 * time.Minute
+
+// removeStale removes what killed earlier runs left: containers, networks
+// and volumes of p2psip-e2e-* projects and p2psip-e2e-* images, older than
+// staleAge.
+func removeStale(t *testing.T) {
+	t.Helper()
+	const prefix = "p2psip-e2e-"
+	stale := map[string]bool{}
+	old := func(created string) bool {
+		// "2026-11-25 17:23:36 +0000 UTC"
+		ts, err := time.Parse("2006-01-02 15:04:05 -0700 MST", created)
+		return err == nil && time.Since(ts) > staleAge
+	}
+	for _, kind := range []string{"ps -a", "network ls"} {
+		args := append(strings.Fields(kind), "--filter", "label=com.docker.compose.project",
+			"--format", `{{.ID}}|{{.Label "com.docker.compose.project"}}|{{.CreatedAt}}`)
+		out, _ := runCmd(20*time.Second, args, "docker")
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			f := strings.SplitN(line, "|", 3)
+			if len(f) == 3 && strings.HasPrefix(f[1], prefix) && old(f[2]) {
+				stale[f[1]] = true
+			}
+		}
+	}
+	for project := range stale {
+		t.Logf("removing the leftovers of an earlier run: compose project %s", project)
+		label := "label=com.docker.compose.project=" + project
+		for _, kind := range []struct{ list, rm string }{{"ps -aq", "rm -f"}, {"network ls -q", "network rm"}, {"volume ls -q", "volume rm -f"}} {
+			ids, _ := runCmd(20*time.Second, append(strings.Fields(kind.list), "--filter", label), "docker")
+			if ids = strings.TrimSpace(ids); ids != "" {
+				runCmd(60*time.Second, append(strings.Fields(kind.rm), strings.Fields(ids)...), "docker") //nolint:errcheck // best effort
+			}
+		}
+	}
+	out, _ := runCmd(20*time.Second, []string{"images", "--filter", "reference=" + prefix + "*", "--format", "{{.Repository}}:{{.Tag}}|{{.CreatedAt}}"}, "docker")
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if img, created, ok := strings.Cut(line, "|"); ok && old(created) {
+			t.Logf("removing the leftover image %s of an earlier run", img)
+			runCmd(60*time.Second, []string{"rmi", "-f", img}, "docker") //nolint:errcheck // best effort
+		}
+	}
 }
 
 // writeComposeFile writes the repository's compose file for this run: our
