@@ -11,7 +11,7 @@ BIN         := bin/p2psip
 VERSION     := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 FUZZTIME    ?= 10s
 STATICCHECK := go run honnef.co/go/tools/cmd/staticcheck@v0.8.2
-BENCH_OUT   := e2e/bench/results/latest.txt
+BENCH_OUT   := e2e/bench/results
 
 .PHONY: build run test deps e2e bench fuzz lint clean help
 
@@ -45,10 +45,15 @@ deps:
 e2e: deps
 	bash e2e/run-netns.sh
 
-## bench: Go benchmarks of every package, also written to e2e/bench/results/latest.txt
-bench:
-	@mkdir -p $(dir $(BENCH_OUT))
-	{ echo "commit: $(VERSION)"; go test -run '^$$' -bench . -benchmem -timeout 30m ./...; } | tee $(BENCH_OUT)
+## bench: issue 7's report (calls, REGISTER, lookup, attach, failover, hand-off, TURN, each beside its reference) plus `go test -bench` of every package, in e2e/bench/results/latest (~15 min on 2 cores)
+bench: deps
+	@frag=$$(mktemp -d); trap 'rm -rf "$$frag"' EXIT; status=0; \
+	echo "go test -p 1 -run '^TestBench' ./... (P2PSIP_BENCH=full, fragments in $$frag)"; \
+	P2PSIP_BENCH=full P2PSIP_BENCH_OUT="$$frag" go test -p 1 -count=1 -run '^TestBench' -timeout 40m ./... || status=$$?; \
+	{ echo "commit: $(VERSION)"; go test -p 1 -count=1 -run '^$$' -bench . -benchmem -timeout 20m ./... 2>&1 | grep -v '^ *testlog.go:'; } \
+	  | tee "$$frag/gobench.txt" || status=$$?; \
+	go run ./e2e/bench/report/assemble -in "$$frag" -out $(BENCH_OUT) -gobench "$$frag/gobench.txt" || status=$$?; \
+	exit $$status
 
 ## fuzz: every Fuzz target of every package for FUZZTIME (default 10s) each
 fuzz:

@@ -106,7 +106,7 @@ func (l *lines) logf(format string, args ...any) {
 	s := fmt.Sprintf(format, args...)
 	l.t.Log(s)
 	// On stdout too, so that a long full run shows progress.
-	if report.Full() {
+	if report.Full() && !testing.Verbose() {
 		fmt.Println("    " + s)
 	}
 	l.mu.Lock()
@@ -126,6 +126,7 @@ type benchParams struct {
 	full bool
 
 	callStep, callHold, callLatency time.Duration
+	callSweep, callDirectHold       time.Duration
 	callStart, callLimit            int
 	callBisect, callHoldTries       int
 	latencyRate                     int
@@ -151,7 +152,7 @@ func params() benchParams {
 	p := benchParams{
 		mode: "smoke",
 		// Smoke: seconds in all, rates any loaded CI machine sustains.
-		callStep: 500 * time.Millisecond, callHold: 500 * time.Millisecond, callLatency: time.Second,
+		callStep: 500 * time.Millisecond, callHold: 500 * time.Millisecond, callLatency: time.Second, callDirectHold: 500 * time.Millisecond,
 		callStart: 50, callLimit: 50, callBisect: 0, callHoldTries: 1, latencyRate: 50,
 		regStep: time.Second, regHold: time.Second, regRates: []int{40},
 		lookupRecords: 16, lookupDuration: time.Second, lookupLoadRate: 100, lookupLoaders: 2, lookupMeasurers: 1,
@@ -162,8 +163,9 @@ func params() benchParams {
 		p = benchParams{
 			mode: "full", full: true,
 			// Issue 7: the highest rate with 0 failed calls over 30 s.
-			callStep: 5 * time.Second, callHold: 30 * time.Second, callLatency: 10 * time.Second,
-			callStart: 200, callLimit: 51200, callBisect: 2, callHoldTries: 2,
+			callStep: 3 * time.Second, callHold: 30 * time.Second, callLatency: 10 * time.Second, callSweep: 2 * time.Second,
+			callDirectHold: 10 * time.Second,
+			callStart:      200, callLimit: 51200, callBisect: 1, callHoldTries: 3,
 			// The rate of the reference figures in shared/notes/TESTING.md.
 			latencyRate: 500,
 			regStep:     4 * time.Second, regHold: 10 * time.Second,
@@ -174,7 +176,7 @@ func params() benchParams {
 		}
 	}
 	if d, err := time.ParseDuration(os.Getenv("P2PSIP_BENCH_HOLD")); err == nil && d > 0 {
-		p.callHold, p.regHold, p.turnHold = d, d, d
+		p.callHold, p.callDirectHold, p.regHold, p.turnHold = d, d, d, d
 	}
 	if d, err := time.ParseDuration(os.Getenv("P2PSIP_BENCH_STEP")); err == nil && d > 0 {
 		p.callStep, p.regStep, p.turnStep = d, d, d

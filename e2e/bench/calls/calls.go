@@ -8,8 +8,12 @@
 package calls
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -89,10 +93,14 @@ type Step struct {
 	Stats       sipp.Stats
 	Err         error   // the UAC's exit error, or a parse error
 	Achieved    float64 // calls per second answered (200 arrivals, first to last)
-	// P50, P99 and Mean are INVITE→200 times from SIPp: 1 ms resolution,
-	// so sub-millisecond ones read 0; the mean of many is still good to
-	// well below 1 ms as the truncation errors average out.
+	// P50, P99 and Mean are INVITE→200 times: from SIPp's response-time
+	// trace (a coarse clock: 4 ms steps here, so sub-step times read 0;
+	// the mean of many is still good as the errors average out), or, for
+	// a traced run (RunTraced), from the microsecond timestamps of SIPp's
+	// message trace.
 	P50, P99, Mean time.Duration
+	// Traced says P50, P99 and Mean come from the message trace.
+	Traced bool
 	// CPU is the system under test's CPU time per call: this process's
 	// (both agents and both super peers) for the overlay, Kamailio's
 	// processes' for Kamailio, none for direct.
@@ -120,8 +128,12 @@ func (s Step) String() string {
 	if s.CPU > 0 {
 		cpu = fmt.Sprintf("; %v CPU/call", s.CPU.Round(time.Microsecond))
 	}
-	return fmt.Sprintf("%6d calls/s offered for %v: %7.0f answered/s, %s; INVITE→200 mean %v p50 %v p99 %v%s%s: %s",
-		s.Rate, s.Duration, s.Achieved, s.Stats, s.Mean.Round(10*time.Microsecond), s.P50, s.P99, cpu, s.Losses, status)
+	src := "SIPp rtd"
+	if s.Traced {
+		src = "message trace"
+	}
+	return fmt.Sprintf("%6d calls/s offered for %v: %7.0f answered/s, %s; INVITE→200 (%s) mean %v p50 %v p99 %v%s%s: %s",
+		s.Rate, s.Duration, s.Achieved, s.Stats, src, s.Mean.Round(10*time.Microsecond), s.P50.Round(10*time.Microsecond), s.P99.Round(10*time.Microsecond), cpu, s.Losses, status)
 }
 
 func firstLine(s string) string {
@@ -135,6 +147,18 @@ func firstLine(s string) string {
 // would keep retransmitting from an overloaded run into the next).
 func (r *Rig) Run(tb testing.TB, rate int, d time.Duration) Step {
 	tb.Helper()
+	return r.run(tb, rate, d, false)
+}
+
+// RunTraced is Run with SIPp's message trace on, which gives INVITE→200
+// to the microsecond (and costs SIPp CPU: use it at moderate rates).
+func (r *Rig) RunTraced(tb testing.TB, rate int, d time.Duration) Step {
+	tb.Helper()
+	return r.run(tb, rate, d, true)
+}
+
+func (r *Rig) run(tb testing.TB, rate int, d time.Duration, trace bool) Step {
+	tb.Helper()
 	r.quiesce()
 	n := max(int(float64(rate)*d.Seconds()), 1)
 	res := Step{Rate: rate, Calls: n, Duration: d}
@@ -143,7 +167,15 @@ func (r *Rig) Run(tb testing.TB, rate int, d time.Duration) Step {
 	uas := sipp.UAS(ctx, tb, r.uasPort, 0)
 	defer uas.Kill()
 	cpu0, before := r.cpu(), r.counters()
-	uac := sipp.UAC(ctx, tb, sipp.Calls{Target: r.target, From: "alice", To: "bob", Domain: r.domain, N: n, Rate: rate})
+	// sipp.UAC's arguments, plus the message trace when asked for.
+	args := []string{r.target, "-s", "bob", "-set", "user", "alice", "-set", "domain", r.domain,
+		"-m", strconv.Itoa(n), "-r", strconv.Itoa(rate), "-l", strconv.Itoa(4 * rate),
+		"-default_behaviors", "all,-abortunexp", "-recv_timeout", "5000", "-buff_size", "4194304"}
+	msgs := filepath.Join(tb.TempDir(), "messages.log")
+	if trace {
+		args = append(args, "-trace_msg", "-message_file", msgs)
+	}
+	uac := sipp.Start(ctx, tb, "uac", "uac.xml", args...)
 	res.Err = uac.Wait(d + 90*time.Second)
 	uac.Kill()
 	if c := r.cpu() - cpu0; c > 0 {
@@ -177,7 +209,36 @@ func (r *Rig) Run(tb testing.TB, rate int, d time.Duration) Step {
 		}
 		res.Mean = sum / time.Duration(len(rtts))
 	}
+	if trace {
+		lat, err := traceLatencies(msgs)
+		if err == nil && len(lat) == 0 {
+			err = fmt.Errorf("sipp message trace: no INVITE answered")
+		}
+		if err != nil {
+			if res.Err == nil {
+				res.Err = err
+			}
+			return res
+		}
+		res.Traced = true
+		slices.Sort(lat)
+		var sum time.Duration
+		for _, x := range lat {
+			sum += x
+		}
+		res.Mean = sum / time.Duration(len(lat))
+		res.P50, res.P99 = Percentile(lat, 50), Percentile(lat, 99)
+	}
 	return res
+}
+
+// Percentile is the p-th percentile (nearest rank) of sorted durations.
+func Percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(float64(len(sorted))*p/100+0.999999) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
 }
 
 // cpu is the CPU time the system under test has used so far.
@@ -245,7 +306,7 @@ type Ramp struct {
 	// first failure.
 	Bisect int
 	// Hold is the duration of the confirming run at the rate found; when
-	// it fails the rate is lowered by 15 % and held again, at most
+	// it fails the rate is lowered by 20 % and held again, at most
 	// HoldTries times in all.
 	Hold      time.Duration
 	HoldTries int
@@ -255,8 +316,9 @@ type Ramp struct {
 
 // MaxRate finds the highest offered rate with no failed call: a ramp of
 // short steps, then a Hold at the rate found. It returns the passing hold
-// (Rate 0 when none passed) and every step run, holds included.
-func (r *Rig) MaxRate(tb testing.TB, c Ramp) (best Step, steps []Step) {
+// (Rate 0 when none passed), the best rate of the ramp's short steps and
+// every step run, holds included.
+func (r *Rig) MaxRate(tb testing.TB, c Ramp) (best Step, ramped int, steps []Step) {
 	tb.Helper()
 	run := func(rate int, d time.Duration) Step {
 		s := r.Run(tb, rate, d)
@@ -288,11 +350,11 @@ func (r *Rig) MaxRate(tb testing.TB, c Ramp) (best Step, steps []Step) {
 	rate := lastOK
 	for try := 0; try < c.HoldTries && rate > 0; try++ {
 		if s := run(rate, c.Hold); s.OK() {
-			return s, steps
+			return s, lastOK, steps
 		}
-		rate = roundRate(rate * 85 / 100)
+		rate = roundRate(rate * 80 / 100)
 	}
-	return Step{}, steps
+	return Step{}, lastOK, steps
 }
 
 // roundRate rounds to two significant digits, for readable steps.
@@ -302,4 +364,66 @@ func roundRate(r int) int {
 		m *= 10
 	}
 	return max(r/m*m, 1)
+}
+
+// traceLatencies reads a SIPp -trace_msg file and returns, per call, the
+// time from the first sending of its INVITE to the first 200 for it, from
+// the file's microsecond timestamps (SIPp's own response times use a
+// coarse clock: 4 ms steps on this kernel).
+func traceLatencies(path string) ([]time.Duration, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	sent := map[string]time.Time{}
+	done := map[string]bool{}
+	var out []time.Duration
+	var at time.Time
+	var dir, first, callID, cseq string
+	flush := func() {
+		if callID == "" {
+			return
+		}
+		switch {
+		case dir == "sent" && strings.HasPrefix(first, "INVITE "):
+			if _, ok := sent[callID]; !ok {
+				sent[callID] = at
+			}
+		case dir == "received" && strings.HasPrefix(first, "SIP/2.0 200") && strings.HasSuffix(cseq, "INVITE"):
+			if t0, ok := sent[callID]; ok && !done[callID] {
+				done[callID] = true
+				out = append(out, at.Sub(t0))
+			}
+		}
+	}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	const sep = "----------------------------------------------- "
+	for sc.Scan() {
+		l := sc.Text()
+		if ts, ok := strings.CutPrefix(l, sep); ok {
+			flush()
+			dir, first, callID, cseq = "", "", "", ""
+			if at, err = time.Parse("2006-01-02 15:04:05.000000", strings.TrimSpace(ts)); err != nil {
+				return nil, fmt.Errorf("sipp message trace: %w", err)
+			}
+			continue
+		}
+		switch {
+		case dir == "" && strings.Contains(l, "message sent"):
+			dir = "sent"
+		case dir == "" && strings.Contains(l, "message received"):
+			dir = "received"
+		case first == "" && dir != "" && strings.TrimSpace(l) != "":
+			first = strings.TrimSpace(l)
+		case callID == "" && (strings.HasPrefix(l, "Call-ID:") || strings.HasPrefix(l, "i:")):
+			_, v, _ := strings.Cut(l, ":")
+			callID = strings.TrimSpace(v)
+		case cseq == "" && strings.HasPrefix(l, "CSeq:"):
+			cseq = strings.TrimSpace(strings.TrimPrefix(l, "CSeq:"))
+		}
+	}
+	flush()
+	return out, sc.Err()
 }
