@@ -2,6 +2,8 @@ package overlay
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"net"
@@ -174,6 +176,9 @@ func TestPromotion(t *testing.T) {
 	callAndCheck(t, carolPhone, carol, bobPhone, bob, 3)
 	callAndCheck(t, bobPhone, bob, carolPhone, carol, 3)
 
+	if n := counter(t, sps[0], "p2psip_promotion_requests_total", "granted"); n != 1 {
+		t.Errorf("sps[0] counted %g granted promotions, want 1", n)
+	}
 	st := carol.Status()
 	t.Logf("promoted in %s (attempts %d); holds %d of %d records; members %d", took.Round(time.Millisecond),
 		st.Promotion.Attempts, share, n, len(sp.Mesh().View().Members))
@@ -218,6 +223,17 @@ func TestPromotionLiar(t *testing.T) {
 	}
 	closedAddr := closed.Addr().String()
 	closed.Close()
+	// Another would-be super peer, answering dial-back tests as itself.
+	other, err := promoted.New(promoted.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Template: o.FastConfig()}, o.Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, otherKey, _ := ed25519.GenerateKey(rand.Reader)
+	otherID := ids.PeerIDFromKey(otherKey.Public().(ed25519.PublicKey))
+	ctx, cancel := context.WithCancel(context.Background())
+	otherDone := make(chan error, 1)
+	go func() { otherDone <- other.Run(ctx, otherKey) }()
+	defer func() { cancel(); <-otherDone }()
 	// A port someone else owns that accepts TCP: a bare connect must not pass.
 	bare, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -236,7 +252,8 @@ func TestPromotionLiar(t *testing.T) {
 	tests := map[string]struct{ addr, want string }{
 		"nothing listens":    {closedAddr, "dial-back: from " + sps[1].Node.ID().Short() + ": connect " + closedAddr + ": connection refused"},
 		"bare TCP port":      {bare.Addr().String(), "dial-back: from " + sps[1].Node.ID().Short() + ": tls at " + bare.Addr().String()},
-		"another node there": {sps[1].Node.PeerAddr(), "answers as Peer-ID " + sps[1].Node.ID().Short()},
+		"a super peer's":     {sps[1].Node.PeerAddr(), "advertised address " + sps[1].Node.PeerAddr() + " is super peer " + sps[1].Node.ID().Short() + "'s"},
+		"another node there": {other.PeerAddr("127.0.0.1"), "answers as Peer-ID " + otherID.Short() + ", not "},
 		"not its IP":         {"127.0.0.2:6084", "advertised address 127.0.0.2 differs from the session's source 127.0.0.1"},
 		"not an IP:port":     {"example.net", "is not IP:port"},
 	}
@@ -258,6 +275,12 @@ func TestPromotionLiar(t *testing.T) {
 		if n := len(sp.Node.Mesh().View().Members); n != 2 {
 			t.Fatalf("%s sees %d members after the liars", sp.Node.ID().Short(), n)
 		}
+	}
+	if n := counter(t, sps[0], "p2psip_promotion_requests_total", "dialback"); n < 3 {
+		t.Errorf("sps[0] counted %g dial-back refusals, want at least 3", n)
+	}
+	if n := counter(t, sps[0], "p2psip_promotion_requests_total", "address"); n < 2 {
+		t.Errorf("sps[0] counted %g address refusals, want at least 2", n)
 	}
 }
 

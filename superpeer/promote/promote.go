@@ -115,8 +115,8 @@ func (p *Promoter) Promote(ctx context.Context, peer session.Peer, req *wire.Pro
 	in := Input{Uptime: time.Duration(req.UptimeS) * time.Second, SuperPeers: len(members)}
 	for _, m := range members {
 		in.Attached += int(m.Load)
-		if m.PeerID == peer.ID {
-			return refuse("policy", "already a super peer", retryOff)
+		if m.PeerAddr == req.PeerAddr {
+			return refuse("address", fmt.Sprintf("advertised address %s is super peer %s's", req.PeerAddr, m.PeerID.Short()), retryAddress)
 		}
 	}
 	if reason, retry := p.cfg.Policy.Decide(in); reason != "" {
