@@ -169,6 +169,30 @@ func TestTURNFallback(t *testing.T) {
 	cut := time.Now()
 	t.Logf("cut the link between sp1 (%s) and sp2 (%s): iptables DROP both ways in sp1's namespace", SP1IP, SP2IP)
 
+	// The super peers notice the silent link with their probes (a Ping
+	// unanswered on a link in use) and close it, from then on failing
+	// frames for it with error frames instead of losing them. Watched in
+	// the background: the calls start at once.
+	probeDone := make(chan string, 1)
+	stopWatch := make(chan struct{})
+	defer close(stopWatch)
+	go func() {
+		const msg = "link to super peer silent"
+		for {
+			for _, sp := range []*SuperPeer{o.SP(SP1), o.SP(SP2)} {
+				if b, err := os.ReadFile(sp.Proc.Log); err == nil && strings.Contains(string(b), msg) {
+					probeDone <- fmt.Sprintf("%s closed its silent link %s after the cut", sp.Host, time.Since(cut).Round(100*time.Millisecond))
+					return
+				}
+			}
+			select {
+			case <-stopWatch:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+
 	res1, err := o.RunUAC(ctx, alice.Caller(bob, calls, rate))
 	requireAllOK(t, "alice → bob across the cut", res1, err, calls, bob)
 	res2, err := o.RunUAC(ctx, bob.Caller(alice, calls, rate))
@@ -213,9 +237,17 @@ func TestTURNFallback(t *testing.T) {
 	if timeouts == 0 {
 		t.Logf("note: no request timed out: the overlay path failed with error frames (the link noticed the cut)")
 	}
+	var probe string
+	select {
+	case probe = <-probeDone:
+	case <-time.After(10 * time.Second):
+		probe = "no super peer closed the silent link"
+		t.Errorf("%s within 10 s after %d calls (link probes: superpeer/peers)", probe, res1.Created+res2.Created)
+	}
+	t.Log(probe)
 	hops := checkHops(t, alice, bob)
-	t.Logf("SUMMARY %s: calls attempted %d succeeded %d failed %d (alice→bob %d/%d, bob→alice %d/%d at %d cps, sp1–sp2 cut by iptables DROP %s earlier); reattach n/a (failovers 0); relayed %.1f%% (%d of %d messages after the cut; %d timeouts re-sent, %d duplicates absorbed; relays: alice on sp2, bob on sp3); %s",
+	t.Logf("SUMMARY %s: calls attempted %d succeeded %d failed %d (alice→bob %d/%d, bob→alice %d/%d at %d cps, sp1–sp2 cut by iptables DROP %s earlier); reattach n/a (failovers 0); relayed %.1f%% (%d of %d messages after the cut; %d timeouts re-sent, %d duplicates absorbed; relays: alice on sp2, bob on sp3); %s; %s",
 		t.Name(), res1.Created+res2.Created, res1.Successful+res2.Successful, res1.Failed+res2.Failed,
 		res1.Successful, res1.Created, res2.Successful, res2.Created, rate, time.Since(cut).Round(time.Second),
-		share, relayedN, total, timeouts, dups, hops)
+		share, relayedN, total, timeouts, dups, hops, probe)
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -32,6 +33,12 @@ var ErrUnknownPeer = wire.Errorf(wire.CodeUnknownPeer, "not a reachable super pe
 // the seconds before the mesh declares it dead.
 const redialBackoff = 500 * time.Millisecond
 
+// Defaults of Config.Probe and Config.ProbeTimeout.
+const (
+	DefaultProbe        = 2 * time.Second
+	DefaultProbeTimeout = 3 * time.Second
+)
+
 // Config describes this super peer's side of its links.
 type Config struct {
 	Self     ids.PeerID
@@ -45,6 +52,16 @@ type Config struct {
 	Handler func(from ids.PeerID) link.Handler
 	// Link tunes each connection.
 	Link link.Config
+	// Probe is how often a link that was used since its last probe is
+	// pinged (default DefaultProbe; negative: never). A link whose Ping
+	// gets no answer within ProbeTimeout (default DefaultProbeTimeout) is
+	// closed: a cut without a reset (a firewall dropping packets) leaves
+	// the TCP connection open for many minutes, writes just buffer, and
+	// memberlist keeps both ends alive through indirect probes, so tunnel
+	// frames would vanish without the error frame that lets agents fall
+	// back to their TURN relays. After the close, sends redial and fail
+	// with errors that reach the agents.
+	Probe, ProbeTimeout time.Duration
 }
 
 // Pool holds the links. Safe for concurrent use.
@@ -59,11 +76,15 @@ type Pool struct {
 	// closing is set when Run is about to wait: nothing new may start.
 	closing bool
 	wg      sync.WaitGroup
+
+	silent atomic.Uint64 // links closed for an unanswered probe
 }
 
 // slot is one peer's link, or the dial in progress.
 type slot struct {
-	conn     *link.Conn
+	conn *link.Conn
+	// used: the link was handed out since its last probe.
+	used     atomic.Bool
 	dialing  chan struct{} // closed when the dial ends
 	err      error
 	failedAt time.Time
@@ -71,6 +92,12 @@ type slot struct {
 
 // New builds an idle pool.
 func New(cfg Config, log zerolog.Logger) *Pool {
+	if cfg.Probe == 0 {
+		cfg.Probe = DefaultProbe
+	}
+	if cfg.ProbeTimeout <= 0 {
+		cfg.ProbeTimeout = DefaultProbeTimeout
+	}
 	return &Pool{
 		cfg:   cfg,
 		log:   logx.Component(log, "peers"),
@@ -145,6 +172,7 @@ func (p *Pool) get(ctx context.Context, to ids.PeerID) (*link.Conn, error) {
 				delete(p.conns, to)
 				continue
 			default:
+				s.used.Store(true)
 				p.mu.Unlock()
 				return s.conn, nil
 			}
@@ -193,7 +221,8 @@ func (p *Pool) get(ctx context.Context, to ids.PeerID) (*link.Conn, error) {
 		return nil, fmt.Errorf("peers: shutting down")
 	}
 	s.conn = sess.Conn
-	p.trackLocked(to, sess.Conn, sess)
+	s.used.Store(true)
+	p.trackLocked(to, s, sess)
 	p.mu.Unlock()
 	return sess.Conn, nil
 }
@@ -234,22 +263,69 @@ func (p *Pool) dial(ctx context.Context, to ids.PeerID, addr string) (*client.Se
 	return sess, nil
 }
 
-// trackLocked forgets the link when it ends. p.mu must be held.
-func (p *Pool) trackLocked(to ids.PeerID, c *link.Conn, sess *client.Session) {
+// trackLocked forgets the link when it ends and probes it meanwhile.
+// p.mu must be held.
+func (p *Pool) trackLocked(to ids.PeerID, s *slot, sess *client.Session) {
+	c := s.conn
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
+		p.probe(to, s)
 		<-c.Done()
 		if sess != nil {
 			sess.Close()
 		}
 		p.mu.Lock()
-		if s := p.conns[to]; s != nil && s.conn == c {
+		if cur := p.conns[to]; cur != nil && cur.conn == c {
 			delete(p.conns, to)
 		}
 		p.mu.Unlock()
 	}()
 }
+
+// probe pings s's link every Probe while it is in use and closes it when
+// a Ping goes unanswered for ProbeTimeout; it returns when the link ends.
+// Idle links are left alone: nothing is lost on them, and their first use
+// starts the probing again.
+func (p *Pool) probe(to ids.PeerID, s *slot) {
+	c := s.conn
+	if p.cfg.Probe < 0 {
+		return
+	}
+	t := time.NewTicker(p.cfg.Probe)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.Done():
+			return
+		case <-t.C:
+		}
+		if !s.used.Swap(false) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ProbeTimeout)
+		start := time.Now()
+		_, err := c.Request(ctx, wire.TypePing, &wire.Ping{})
+		cancel()
+		select {
+		case <-c.Done():
+			return
+		default:
+		}
+		// Any answer, an error reply included, shows the link alive; a
+		// full send queue (link.ErrQueueFull) is asked again next time.
+		if errors.Is(err, context.DeadlineExceeded) {
+			p.silent.Add(1)
+			p.log.Warn().Str("sp_id", to.Short()).Dur("waited", time.Since(start)).
+				Msg("link to super peer silent: closed (frames to it will fail instead of vanishing)")
+			c.Close()
+			return
+		}
+	}
+}
+
+// SilentCloses counts links closed because a probe went unanswered.
+func (p *Pool) SilentCloses() uint64 { return p.silent.Load() }
 
 // Warm dials, in the background, every member without a link, so the
 // first write after a join does not pay for TLS handshakes.
@@ -286,8 +362,9 @@ func (p *Pool) Adopt(from ids.PeerID, c *link.Conn) {
 	if s := p.conns[from]; p.closing || s != nil && (s.conn != nil || s.dialing != nil) {
 		return
 	}
-	p.conns[from] = &slot{conn: c}
-	p.trackLocked(from, c, nil)
+	s := &slot{conn: c}
+	p.conns[from] = s
+	p.trackLocked(from, s, nil)
 }
 
 // Links returns the Peer-IDs with a live link, for status.
