@@ -1,17 +1,29 @@
-// Package link runs one peer-protocol connection: a reader loop, a writer
+// Package link runs one peer-protocol connection: a reader, a writer
 // draining a bounded queue, and request/response multiplexing by
 // transaction id (ARCHITECTURE.md §4). Agents, clients and super peers all
 // talk through it; what the frames mean is up to the Handler.
+//
+// A super peer holds one connection per attached agent, most of them idle
+// between keepalives, so an idle connection is kept cheap: the writer
+// goroutine exists only while frames are queued, nothing waits on the
+// context, no buffers are held between frames, and with Config.ParkAfter
+// the reader goroutine itself exits after a quiet spell and the socket is
+// watched by a tiny goroutine until data arrives (park_linux.go).
 package link
 
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -45,32 +57,64 @@ type Config struct {
 	ReadTimeout time.Duration
 	// WriteTimeout closes a connection whose peer does not read (default 10s).
 	WriteTimeout time.Duration
+	// ParkAfter lets the reader goroutine exit once the connection has
+	// been quiet this long; the socket is then watched without a reader
+	// until data arrives (0: never). Only TLS over a TCP socket parks (on
+	// Linux); other connections keep their reader.
+	ParkAfter time.Duration
 	// Handler gets requests and unsolicited frames; nil answers every
 	// request with CodeUnknownType.
 	Handler Handler
 }
 
 // Conn is one multiplexed connection. Its methods are safe for concurrent
-// use; Run must be called exactly once.
+// use; exactly one of Run or Start must be called, once.
 type Conn struct {
 	nc  net.Conn
 	cfg Config
 	log zerolog.Logger
+	// r reads frames: the TLS connection itself (it buffers a decrypted
+	// record already), or a bufio.Reader over a plain one.
+	r io.Reader
+	// raw is the socket under a TLS connection that may park (nil: never).
+	raw syscall.RawConn
 
-	out    chan []byte
-	done   chan struct{}
-	closed sync.Once
-	err    atomic.Pointer[error]
-	nextTx atomic.Uint64
+	done     chan struct{} // closed by shutdown
+	finished chan struct{} // closed when every goroutine of the Conn is gone
+	closed   sync.Once
+	err      atomic.Pointer[error]
+	nextTx   atomic.Uint64
+	// live counts the Conn's goroutines (reader or parked watcher, and
+	// the writer while it runs); the last one out finishes the Conn.
+	live    atomic.Int32
+	stopCtx func() bool
+	onEnd   func(error)
 
-	mu      sync.Mutex // guards pending
-	pending map[uint64]chan *wire.Frame
+	mu      sync.Mutex                  // guards pending
+	pending map[uint64]chan *wire.Frame // made by the first request: most agents' sessions never send one
+
+	qmu     sync.Mutex // guards the fields below
+	q       [][]byte   // encoded frames waiting for the writer
+	writing bool       // a writer goroutine is draining q
+	shut    bool       // no more frames are taken
+	room    chan struct{}
+
+	// Reader state, owned by whichever goroutine reads (the reader and
+	// the parked watcher hand it over with a go statement).
+	hdr      [4]byte
+	hn       int
+	frame    []byte // length prefix and body of the frame being read
+	fn       int
+	lastRead time.Time
+	lingered bool // the read deadline set is the ParkAfter one
+
+	parks atomic.Uint64 // times the reader parked (Parks)
 
 	// Value is for the owner (session state); Conn never touches it.
 	Value atomic.Value
 }
 
-// New wraps nc; the caller then runs Run. nc is owned by the Conn.
+// New wraps nc; the caller then runs Run or Start. nc is owned by the Conn.
 func New(nc net.Conn, cfg Config, log zerolog.Logger) *Conn {
 	if cfg.QueueLen <= 0 {
 		cfg.QueueLen = 1024
@@ -81,14 +125,29 @@ func New(nc net.Conn, cfg Config, log zerolog.Logger) *Conn {
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = 10 * time.Second
 	}
-	return &Conn{
-		nc:      nc,
-		cfg:     cfg,
-		log:     log,
-		out:     make(chan []byte, cfg.QueueLen),
-		done:    make(chan struct{}),
-		pending: make(map[uint64]chan *wire.Frame),
+	c := &Conn{
+		nc:       nc,
+		cfg:      cfg,
+		log:      log,
+		done:     make(chan struct{}),
+		finished: make(chan struct{}),
 	}
+	// The count held from the start is the reader's: a writer started by
+	// a Send before Start cannot finish the Conn.
+	c.live.Store(1)
+	if tc, ok := nc.(*tls.Conn); ok {
+		c.r = tc
+		if cfg.ParkAfter > 0 && canPark {
+			if sc, ok := tc.NetConn().(syscall.Conn); ok {
+				if raw, err := sc.SyscallConn(); err == nil {
+					c.raw = raw
+				}
+			}
+		}
+	} else {
+		c.r = bufio.NewReaderSize(nc, 16<<10)
+	}
+	return c
 }
 
 // RemoteAddr is the peer's transport address.
@@ -108,6 +167,9 @@ func (c *Conn) Err() error {
 	return nil
 }
 
+// Parks counts how often the reader went idle and parked (ParkAfter).
+func (c *Conn) Parks() uint64 { return c.parks.Load() }
+
 // Close ends the connection; safe to call more than once.
 func (c *Conn) Close() error {
 	c.shutdown(ErrClosed)
@@ -117,6 +179,10 @@ func (c *Conn) Close() error {
 func (c *Conn) shutdown(err error) {
 	c.closed.Do(func() {
 		c.err.Store(&err)
+		c.qmu.Lock()
+		c.shut = true
+		c.q = nil
+		c.qmu.Unlock()
 		close(c.done)
 		c.nc.Close()
 		c.mu.Lock()
@@ -131,52 +197,206 @@ func (c *Conn) shutdown(err error) {
 // Run serves the connection until it breaks, Close is called or ctx ends.
 // It returns the reason (ErrClosed for a local Close or ctx).
 func (c *Conn) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		c.shutdown(c.writeLoop())
-	}()
-	go func() {
-		defer wg.Done()
-		select {
-		case <-ctx.Done():
-			c.shutdown(ErrClosed)
-		case <-c.done:
-		}
-	}()
-	c.shutdown(c.readLoop())
-	wg.Wait()
+	c.Start(ctx, nil)
+	<-c.finished
 	return c.Err()
 }
 
-func (c *Conn) readLoop() error {
-	r := bufio.NewReaderSize(c.nc, 32<<10)
+// Start serves the connection in the background, like Run without a
+// goroutine waiting for the end: onEnd (if not nil) is called with the
+// reason once the connection has ended and its goroutines are gone.
+func (c *Conn) Start(ctx context.Context, onEnd func(error)) {
+	c.onEnd = onEnd
+	c.lastRead = time.Now()
+	if ctx.Done() != nil {
+		c.stopCtx = context.AfterFunc(ctx, func() { c.shutdown(ErrClosed) })
+	}
+	go c.readLoop()
+}
+
+// exit is the last call of every goroutine of the Conn.
+func (c *Conn) exit() {
+	if c.live.Add(-1) != 0 {
+		return
+	}
+	// Only a shut-down Conn gets here: the reader or its parked watcher
+	// holds a count until then.
+	if c.stopCtx != nil {
+		c.stopCtx()
+	}
+	close(c.finished)
+	if c.onEnd != nil {
+		c.onEnd(c.Err())
+	}
+}
+
+func (c *Conn) readLoop() {
+	defer c.exit()
 	for {
-		if c.cfg.ReadTimeout > 0 {
-			if err := c.nc.SetReadDeadline(time.Now().Add(c.cfg.ReadTimeout)); err != nil {
-				return fmt.Errorf("set read deadline: %w", err)
-			}
-		}
-		f, err := wire.ReadFrame(r, c.cfg.MaxFrame)
+		f, err := c.readFrame()
 		if err != nil {
 			select {
 			case <-c.done:
-				return ErrClosed
+				c.shutdown(ErrClosed)
+				return
 			default:
 			}
-			return fmt.Errorf("read: %w", err)
+			if c.idle(err) {
+				if c.park() {
+					return
+				}
+				err = fmt.Errorf("read: %w", os.ErrDeadlineExceeded)
+			}
+			c.shutdown(err)
+			return
 		}
 		if f.IsResponse() {
 			c.deliver(f)
 			continue
 		}
 		if c.cfg.Handler == nil {
-			c.ReplyError(f, wire.Errorf(wire.CodeUnknownType, "%s not served here", f.Type))
+			c.ReplyError(f, wire.Errorf(wire.CodeUnknownType, "%s not served here", f.Type)) //nolint:errcheck
 			continue
 		}
 		c.cfg.Handler(c, f)
 	}
+}
+
+// idle reports whether err is the ParkAfter deadline passing between two
+// frames with the connection otherwise healthy.
+func (c *Conn) idle(err error) bool {
+	return c.lingered && c.hn == 0 && errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// readFrame reads one frame. Its progress lives in the Conn, so a read
+// that stops at the ParkAfter deadline in the middle of a frame goes on
+// where it was, with the ReadTimeout deadline.
+func (c *Conn) readFrame() (*wire.Frame, error) {
+	if err := c.setReadDeadline(); err != nil {
+		return nil, err
+	}
+	for c.hn < len(c.hdr) {
+		n, err := c.r.Read(c.hdr[c.hn:])
+		c.hn += n
+		if err == nil || c.hn == len(c.hdr) || c.lingerPassed(err) {
+			continue
+		}
+		if c.hn > 0 {
+			err = unexpected(err)
+		}
+		return nil, fmt.Errorf("read: %w", err)
+	}
+	if c.frame == nil {
+		n := int(binary.BigEndian.Uint32(c.hdr[:]))
+		if n > c.cfg.MaxFrame {
+			return nil, fmt.Errorf("read: %w: %d > %d bytes", wire.ErrTooLarge, n, c.cfg.MaxFrame)
+		}
+		c.frame = make([]byte, 4+n)
+		copy(c.frame, c.hdr[:])
+		c.fn = 4
+	}
+	for c.fn < len(c.frame) {
+		n, err := c.r.Read(c.frame[c.fn:])
+		c.fn += n
+		if err == nil || c.fn == len(c.frame) || c.lingerPassed(err) {
+			continue
+		}
+		return nil, fmt.Errorf("read frame body: %w", unexpected(err))
+	}
+	b := c.frame
+	c.hn, c.frame, c.fn = 0, nil, 0
+	if c.cfg.ReadTimeout > 0 || c.raw != nil {
+		c.lastRead = time.Now()
+	}
+	f, err := wire.Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("read: %w", err)
+	}
+	return f, nil
+}
+
+// lingerPassed reports whether err is the ParkAfter deadline passing
+// inside a frame, which is no reason to stop: the read goes on with the
+// ReadTimeout deadline. Between frames it is for the reader to park.
+func (c *Conn) lingerPassed(err error) bool {
+	if !c.lingered || c.hn == 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		return false
+	}
+	c.lingered = false
+	return c.nc.SetReadDeadline(c.timeoutDeadline()) == nil
+}
+
+func unexpected(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// timeoutDeadline is when silence closes the connection (zero: never).
+func (c *Conn) timeoutDeadline() time.Time {
+	if c.cfg.ReadTimeout <= 0 {
+		return time.Time{}
+	}
+	return c.lastRead.Add(c.cfg.ReadTimeout)
+}
+
+// setReadDeadline arms the deadline for the next frame: ReadTimeout after
+// the last one, or ParkAfter from now if that comes first and the
+// connection may park.
+func (c *Conn) setReadDeadline() error {
+	if c.cfg.ReadTimeout <= 0 && c.raw == nil {
+		return nil
+	}
+	dl := c.timeoutDeadline()
+	c.lingered = false
+	if c.raw != nil {
+		if p := time.Now().Add(c.cfg.ParkAfter); dl.IsZero() || p.Before(dl) {
+			dl, c.lingered = p, true
+		}
+	}
+	if err := c.nc.SetReadDeadline(dl); err != nil {
+		return fmt.Errorf("set read deadline: %w", err)
+	}
+	return nil
+}
+
+// park hands the idle connection to a watcher goroutine that starts a
+// new reader when data (or an error) arrives; false when ReadTimeout has
+// passed already.
+func (c *Conn) park() bool {
+	dl := c.timeoutDeadline()
+	if !dl.IsZero() && !time.Now().Before(dl) {
+		return false
+	}
+	// The watcher honours the read deadline: silence past ReadTimeout
+	// still closes the connection.
+	if err := c.nc.SetReadDeadline(dl); err != nil {
+		return false
+	}
+	c.parks.Add(1)
+	c.live.Add(1)
+	go c.watch()
+	return true
+}
+
+// watch waits, without buffers or a deep stack, until the socket has
+// something to read, then starts a reader again. A TLS record that
+// crypto/tls buffered whole would be missed here, but the reader only
+// parks after a read that found nothing buffered and went to the socket.
+func (c *Conn) watch() {
+	defer c.exit()
+	if err := c.raw.Read(readable); err != nil {
+		select {
+		case <-c.done:
+			c.shutdown(ErrClosed)
+		default:
+			c.shutdown(fmt.Errorf("read: %w", err))
+		}
+		return
+	}
+	c.live.Add(1)
+	go c.readLoop()
 }
 
 func (c *Conn) deliver(f *wire.Frame) {
@@ -190,36 +410,108 @@ func (c *Conn) deliver(f *wire.Frame) {
 	// A late response to a request that timed out is dropped.
 }
 
-func (c *Conn) writeLoop() error {
-	w := bufio.NewWriterSize(c.nc, 32<<10)
+// writePool holds the buffers that coalesce a batch of small frames into
+// one write (one TLS record instead of one per frame).
+var writePool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+
+// writeLoop drains the queue and exits when it is empty: an idle
+// connection has no writer.
+func (c *Conn) writeLoop() {
+	defer c.exit()
 	for {
-		select {
-		case <-c.done:
-			return ErrClosed
-		case b := <-c.out:
-			if err := c.nc.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout)); err != nil {
-				return fmt.Errorf("set write deadline: %w", err)
-			}
-			if _, err := w.Write(b); err != nil {
-				return fmt.Errorf("write: %w", err)
-			}
-			// Coalesce whatever is already queued into one flush.
-			for more := true; more; {
-				select {
-				case b := <-c.out:
-					if _, err := w.Write(b); err != nil {
-						return fmt.Errorf("write: %w", err)
-					}
-				default:
-					more = false
+		c.qmu.Lock()
+		batch := c.q
+		c.q = nil
+		if len(batch) == 0 || c.shut {
+			c.writing = false
+			c.qmu.Unlock()
+			return
+		}
+		if c.room != nil {
+			close(c.room)
+			c.room = nil
+		}
+		c.qmu.Unlock()
+		if err := c.write(batch); err != nil {
+			c.shutdown(err)
+			return
+		}
+	}
+}
+
+func (c *Conn) write(batch [][]byte) error {
+	if err := c.nc.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout)); err != nil {
+		return fmt.Errorf("set write deadline: %w", err)
+	}
+	if len(batch) == 1 {
+		if _, err := c.nc.Write(batch[0]); err != nil {
+			return fmt.Errorf("write: %w", err)
+		}
+		return nil
+	}
+	bp := writePool.Get().(*[]byte)
+	defer writePool.Put(bp)
+	for i := 0; i < len(batch); {
+		buf := (*bp)[:0]
+		// Coalesce up to the buffer's size; a larger frame goes alone.
+		for ; i < len(batch) && (len(buf) == 0 || len(buf)+len(batch[i]) <= cap(buf)); i++ {
+			if len(buf) == 0 && len(batch[i]) > cap(buf) {
+				if _, err := c.nc.Write(batch[i]); err != nil {
+					return fmt.Errorf("write: %w", err)
 				}
+				continue
 			}
-			if err := w.Flush(); err != nil {
+			buf = append(buf, batch[i]...)
+		}
+		if len(buf) > 0 {
+			if _, err := c.nc.Write(buf); err != nil {
 				return fmt.Errorf("write: %w", err)
 			}
 		}
 	}
+	return nil
 }
+
+// enqueue adds b to the queue, starting a writer if none runs. With wait
+// nil it fails at once on a full queue; otherwise it waits for room until
+// wait is closed.
+func (c *Conn) enqueue(b []byte, wait <-chan struct{}) error {
+	for {
+		c.qmu.Lock()
+		if c.shut {
+			c.qmu.Unlock()
+			return ErrClosed
+		}
+		if len(c.q) < c.cfg.QueueLen {
+			c.q = append(c.q, b)
+			if !c.writing {
+				c.writing = true
+				c.live.Add(1)
+				go c.writeLoop()
+			}
+			c.qmu.Unlock()
+			return nil
+		}
+		if wait == nil {
+			c.qmu.Unlock()
+			return ErrQueueFull
+		}
+		if c.room == nil {
+			c.room = make(chan struct{})
+		}
+		room := c.room
+		c.qmu.Unlock()
+		select {
+		case <-room:
+		case <-c.done:
+			return ErrClosed
+		case <-wait:
+			return errWaitEnded
+		}
+	}
+}
+
+var errWaitEnded = errors.New("wait ended")
 
 // Send queues f without waiting; it fails with ErrQueueFull when the peer
 // is not keeping up (the caller drops and counts: this is for data frames).
@@ -228,19 +520,7 @@ func (c *Conn) Send(f *wire.Frame) error {
 	if err != nil {
 		return err
 	}
-	select {
-	case <-c.done:
-		return ErrClosed
-	default:
-	}
-	select {
-	case c.out <- b:
-		return nil
-	case <-c.done:
-		return ErrClosed
-	default:
-		return ErrQueueFull
-	}
+	return c.enqueue(b, nil)
 }
 
 // SendCtx queues f, waiting for room until ctx ends.
@@ -249,19 +529,16 @@ func (c *Conn) SendCtx(ctx context.Context, f *wire.Frame) error {
 	if err != nil {
 		return err
 	}
-	select {
-	case <-c.done:
-		return ErrClosed
-	default:
+	wait := ctx.Done()
+	if wait == nil {
+		wait = make(chan struct{}) // never closed: wait for room or the end
 	}
-	select {
-	case c.out <- b:
-		return nil
-	case <-c.done:
-		return ErrClosed
-	case <-ctx.Done():
+	if err := c.enqueue(b, wait); errors.Is(err, errWaitEnded) {
 		return ctx.Err()
+	} else if err != nil {
+		return err
 	}
+	return nil
 }
 
 // Request sends a request of type t with body (a []byte is sent as is,
@@ -285,6 +562,9 @@ func (c *Conn) RequestFrame(ctx context.Context, f *wire.Frame) (*wire.Frame, er
 		c.mu.Unlock()
 		return nil, c.closedErr()
 	default:
+	}
+	if c.pending == nil {
+		c.pending = make(map[uint64]chan *wire.Frame)
 	}
 	c.pending[f.TxID] = ch
 	c.mu.Unlock()

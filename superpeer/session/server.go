@@ -173,10 +173,7 @@ func (s *Server) Run(ctx context.Context) error {
 			break
 		}
 		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.serve(ctx, nc)
-		}()
+		go s.serve(ctx, nc) // calls s.wg.Done when the session has ended
 	}
 	s.mu.Lock()
 	s.closed = true
@@ -210,6 +207,10 @@ func (s *Server) Peers() []Peer {
 	return out
 }
 
+// serve admits one connection and starts its link. The goroutine that
+// ran the handshake (and grew a deep stack doing so) then ends: an idle
+// session holds no goroutine of its own (link.Config.ParkAfter), and the
+// clean-up runs when the link ends.
 func (s *Server) serve(ctx context.Context, nc net.Conn) {
 	remote := nc.RemoteAddr().String()
 	tc, peer, err := s.handshake(ctx, nc)
@@ -217,9 +218,14 @@ func (s *Server) serve(ctx context.Context, nc net.Conn) {
 		s.m.refused.WithLabelValues(refusal(err)).Inc()
 		s.log.Info().Err(err).Str("remote_addr", remote).Msg("connection refused")
 		nc.Close()
+		s.wg.Done()
 		return
 	}
-	log := s.log.With().Str("peer_id", peer.ID.Short()).Str("role", peer.Role.String()).Str("user", peer.User).Logger()
+	// The session's logger is made when it logs: its context would
+	// otherwise be half a KiB kept for every idle agent.
+	log := func() zerolog.Logger {
+		return s.log.With().Str("peer_id", peer.ID.Short()).Str("role", peer.Role.String()).Str("user", peer.User).Logger()
+	}
 	lc := s.cfg.Link
 	lc.Handler = s.Handler(peer)
 	if peer.Role == wire.RoleAgent && s.cfg.Router != nil {
@@ -227,7 +233,10 @@ func (s *Server) serve(ctx context.Context, nc net.Conn) {
 		// means it is gone (its NAT binding is likely gone too).
 		lc.ReadTimeout = s.cfg.Router.KeepaliveFor()
 	}
-	c := link.New(tc, lc, log)
+	if peer.Role == wire.RoleAgent && lc.ParkAfter == 0 {
+		lc.ParkAfter = agentParkAfter
+	}
+	c := link.New(tc, lc, s.log)
 	s.mu.Lock()
 	s.conns[c] = peer
 	s.mu.Unlock()
@@ -235,20 +244,32 @@ func (s *Server) serve(ctx context.Context, nc net.Conn) {
 	if peer.Role == wire.RoleSuperPeer && s.cfg.Pool != nil {
 		s.cfg.Pool.Adopt(peer.ID, c)
 	}
-	log.Debug().Str("remote_addr", remote).Msg("session up")
-	err = c.Run(ctx)
-	if s.cfg.Router != nil && peer.Role == wire.RoleAgent {
-		s.cfg.Router.Detach(peer, c)
+	if e := s.log.Debug(); e.Enabled() {
+		e.Discard()
+		l := log()
+		l.Debug().Str("remote_addr", remote).Msg("session up")
 	}
-	s.m.sessions.WithLabelValues(peer.Role.String()).Dec()
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
-	if err != nil && !errors.Is(err, link.ErrClosed) {
-		s.m.closed.WithLabelValues(closeReason(err)).Inc()
-		log.Info().Err(err).Str("remote_addr", remote).Msg("session closed")
-	}
+	c.Start(ctx, func(err error) {
+		defer s.wg.Done()
+		if s.cfg.Router != nil && peer.Role == wire.RoleAgent {
+			s.cfg.Router.Detach(peer, c)
+		}
+		s.m.sessions.WithLabelValues(peer.Role.String()).Dec()
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		if err != nil && !errors.Is(err, link.ErrClosed) {
+			s.m.closed.WithLabelValues(closeReason(err)).Inc()
+			l := log()
+			l.Info().Err(err).Str("remote_addr", remote).Msg("session closed")
+		}
+	})
 }
+
+// agentParkAfter is how long an agent's session stays quiet before its
+// reader parks: longer than the gaps inside a burst of frames, much
+// shorter than the keepalive.
+const agentParkAfter = 2 * time.Second
 
 // handshake runs TLS and checks the Hello; it answers refusals itself.
 func (s *Server) handshake(ctx context.Context, nc net.Conn) (*tls.Conn, Peer, error) {
