@@ -84,6 +84,13 @@ type Config struct {
 	// server refuses refreshes with expired ones, pion only logs that, and
 	// the allocation would die unnoticed).
 	RenewBefore time.Duration
+	// ProbeTimeout is how long the echo of a probe may take: on every
+	// Ensure the allocation sends a datagram to its own relayed address;
+	// one that has echoed before and then stays silent past ProbeTimeout
+	// has stopped relaying (its server restarted, or refused a refresh)
+	// and is replaced (default 5 s). An allocation that never echoes (a
+	// server that cannot hairpin) is never judged by it.
+	ProbeTimeout time.Duration
 	// Deliver gets every valid inbound payload with its source Peer-ID
 	// and the relayed address it came from (the sender's allocation). It
 	// owns payload.
@@ -98,6 +105,8 @@ type Stats struct {
 	RelayedOut  uint64 `json:"relayed_out"`
 	RelayedIn   uint64 `json:"relayed_in"`
 	Dropped     uint64 `json:"dropped_in"`
+	Probes      uint64 `json:"probes_echoed"`
+	Lost        uint64 `json:"allocations_lost"`
 	Server      string `json:"server,omitempty"`
 	Addr        string `json:"relayed_addr,omitempty"`
 }
@@ -111,7 +120,7 @@ type Relay struct {
 	cur    *alloc
 	closed bool
 
-	allocs, failures, out, in, dropped atomic.Uint64
+	allocs, failures, out, in, dropped, probes, lost atomic.Uint64
 }
 
 // alloc is one allocation: its socket, client and relayed conn.
@@ -125,6 +134,11 @@ type alloc struct {
 	relay   net.PacketConn
 	permits []string
 	dead    atomic.Bool
+	// Self-probe: the nonce and send time (unix ns) of the probe awaiting
+	// its echo (0: none), and whether any probe ever echoed.
+	probeNonce atomic.Uint64
+	probeSent  atomic.Int64
+	echoed     atomic.Bool
 }
 
 func (al *alloc) close() {
@@ -138,6 +152,9 @@ func (al *alloc) close() {
 func New(cfg Config) *Relay {
 	if cfg.RenewBefore <= 0 {
 		cfg.RenewBefore = 2 * time.Minute
+	}
+	if cfg.ProbeTimeout <= 0 {
+		cfg.ProbeTimeout = 5 * time.Second
 	}
 	return &Relay{cfg: cfg, log: cfg.Log.With().Str("component", "fallback").Logger()}
 }
@@ -155,7 +172,7 @@ func (r *Relay) Addr() string {
 // Stats reports counters and the current allocation.
 func (r *Relay) Stats() Stats {
 	st := Stats{Allocations: r.allocs.Load(), Failures: r.failures.Load(), RelayedOut: r.out.Load(),
-		RelayedIn: r.in.Load(), Dropped: r.dropped.Load()}
+		RelayedIn: r.in.Load(), Dropped: r.dropped.Load(), Probes: r.probes.Load(), Lost: r.lost.Load()}
 	r.mu.Lock()
 	if r.cur != nil && !r.cur.dead.Load() {
 		st.Server, st.Addr = r.cur.server, r.cur.relay.LocalAddr().String()
@@ -214,11 +231,18 @@ func (r *Relay) Ensure(avoid string, servers, permits []string) (bool, error) {
 	slices.Sort(permits)
 	permits = slices.Compact(permits)
 	if cur != nil && !cur.dead.Load() && cur.server != avoid && slices.Contains(servers, cur.server) {
-		switch renew, why := r.renewDue(cur, time.Now()); {
+		now := time.Now()
+		switch renew, why := r.renewDue(cur, now); {
 		case renew:
 			r.log.Info().Str("server", cur.server).Time("credentials_expire", cur.expires).Str("why", why).
 				Msg("TURN allocation renewal")
+		case r.probeFailed(cur, now):
+			r.lost.Add(1)
+			cur.dead.Store(true)
+			r.log.Warn().Str("server", cur.server).Dur("waited", r.cfg.ProbeTimeout).
+				Msg("TURN allocation stopped relaying (no echo of its probe): re-allocating")
 		default:
+			r.sendProbe(cur, now)
 			if !slices.Equal(cur.permits, permits) {
 				if err := permit(cur.client, permits); err != nil {
 					r.log.Warn().Err(err).Msg("TURN permissions")
@@ -255,6 +279,7 @@ func (r *Relay) Ensure(avoid string, servers, permits []string) (bool, error) {
 		r.allocs.Add(1)
 		r.log.Info().Str("server", s).Str("relayed", al.relay.LocalAddr().String()).Msg("TURN allocation")
 		go r.read(al)
+		r.sendProbe(al, time.Now()) // its echo arms the self-probe
 		return true, nil
 	}
 	// None: drop a dead or misplaced allocation anyway (one whose
@@ -274,6 +299,46 @@ func (r *Relay) Ensure(avoid string, servers, permits []string) (bool, error) {
 		return old != nil, ErrNoAllocation
 	}
 	return old != nil, errors.Join(errs...)
+}
+
+// probeMagic starts a self-probe's payload (after the header naming
+// ourselves as the source); 8 bytes of nonce follow.
+const probeMagic = "\x00p2r-probe"
+
+// sendProbe sends a probe from al to its own relayed address unless one
+// is still awaiting its echo.
+func (r *Relay) sendProbe(al *alloc, now time.Time) {
+	if al.probeSent.Load() != 0 {
+		return
+	}
+	nonce := uint64(now.UnixNano())
+	payload := binary.BigEndian.AppendUint64([]byte(probeMagic), nonce)
+	al.probeNonce.Store(nonce)
+	al.probeSent.Store(now.UnixNano())
+	if _, err := al.relay.WriteTo(Encode(r.cfg.Self, payload), al.relay.LocalAddr()); err != nil {
+		r.log.Debug().Err(err).Msg("TURN self-probe")
+	}
+}
+
+// echo takes a datagram from ourselves: true if it was our probe's echo.
+func (r *Relay) echo(al *alloc, payload []byte) bool {
+	if len(payload) != len(probeMagic)+8 || string(payload[:len(probeMagic)]) != probeMagic {
+		return false
+	}
+	if binary.BigEndian.Uint64(payload[len(probeMagic):]) != al.probeNonce.Load() {
+		return true // a late echo of an older probe: harmless
+	}
+	al.probeSent.Store(0)
+	al.echoed.Store(true)
+	r.probes.Add(1)
+	return true
+}
+
+// probeFailed: al has echoed probes before and the current one has
+// waited past ProbeTimeout.
+func (r *Relay) probeFailed(al *alloc, now time.Time) bool {
+	sent := al.probeSent.Load()
+	return al.echoed.Load() && sent != 0 && now.Sub(time.Unix(0, sent)) > r.cfg.ProbeTimeout
 }
 
 // expired: the server refuses the allocation's refreshes from now on.
@@ -371,6 +436,9 @@ func (r *Relay) read(al *alloc) {
 			return
 		}
 		src, payload, err := Decode(buf[:n])
+		if err == nil && src == r.cfg.Self && r.echo(al, payload) {
+			continue
+		}
 		if err != nil || src == r.cfg.Self {
 			r.dropped.Add(1)
 			r.log.Debug().Err(err).Str("from", from.String()).Msg("relayed datagram dropped")

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,7 +25,15 @@ var secret = []byte("0123456789abcdef0123456789abcdef")
 // loopback allowed) and returns its address.
 func turnServer(t *testing.T) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	addr, _ := turnServerAt(t, "127.0.0.1:0")
+	return addr
+}
+
+// turnServerAt runs a TURN server on addr; stop ends it (also at
+// cleanup).
+func turnServerAt(t *testing.T, addr string) (string, func()) {
+	t.Helper()
+	pc, err := net.ListenPacket("udp4", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,13 +46,17 @@ func turnServer(t *testing.T) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("TURN server: %v", err)
-		}
-	})
-	return pc.LocalAddr().String()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("TURN server: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return pc.LocalAddr().String(), stop
 }
 
 func randomID(t *testing.T) ids.PeerID {
@@ -206,4 +219,62 @@ func TestOrder(t *testing.T) {
 		t.Errorf("%d agents moved although their server stayed", moved)
 	}
 	t.Logf("first choices: %v", count)
+}
+
+// TestLostAllocation: the TURN server restarts on the same address and
+// forgets the allocation (as it would refuse its next refresh); pion only
+// logs that. The self-probe's missing echo shows it, and Ensure
+// re-allocates; relayed datagrams flow again.
+func TestLostAllocation(t *testing.T) {
+	addr, stop := turnServerAt(t, "127.0.0.1:0")
+	other := turnServer(t)
+	permits := []string{"127.0.0.1"}
+	aIn, bIn := make(chan received, 8), make(chan received, 8)
+	a, _ := testRelay(t, "alice", time.Hour, aIn)
+	a.cfg.ProbeTimeout = 300 * time.Millisecond
+	b, _ := testRelay(t, "bob", time.Hour, bIn)
+	if _, err := a.Ensure("", []string{addr}, permits); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Ensure("", []string{other}, permits); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the first probe's echo", func() bool { return a.Stats().Probes == 1 })
+	roundTrip(t, a, b, bIn, "before the restart")
+
+	stop()
+	_, stop2 := turnServerAt(t, addr)
+	defer stop2()
+	first := a.Addr()
+	if changed, err := a.Ensure("", []string{addr}, permits); err != nil || changed {
+		t.Fatalf("Ensure right after the restart: changed %t, %v; want a probe sent, no change yet", changed, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		time.Sleep(a.cfg.ProbeTimeout)
+		changed, err := a.Ensure("", []string{addr}, permits)
+		if changed && err == nil && a.Addr() != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no re-allocation within 10 s after the restart (changed %t, %v, stats %+v)", changed, err, a.Stats())
+		}
+	}
+	st := a.Stats()
+	t.Logf("relayed address %s → %s; stats %+v", first, a.Addr(), st)
+	if st.Lost != 1 || st.Allocations != 2 {
+		t.Errorf("stats %+v; want 1 lost, 2 allocations", st)
+	}
+	roundTrip(t, b, a, aIn, "after the restart")
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 5 s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
