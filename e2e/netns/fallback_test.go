@@ -29,6 +29,8 @@ type relayStatus struct {
 	Timeouts   uint64 `json:"timeouts"`
 	Duplicates uint64 `json:"duplicates"`
 	Dropped    uint64 `json:"dropped_in"`
+	Probes     uint64 `json:"probes_echoed"`
+	Lost       uint64 `json:"allocations_lost"`
 }
 
 func (a *Agent) relayStatus() (relayStatus, error) {
@@ -222,6 +224,11 @@ func TestTURNFallback(t *testing.T) {
 			a.User, out, rs.RelayedIn-b.RelayedIn, over, rs.Timeouts-b.Timeouts, rs.Duplicates-b.Duplicates, rs.Dropped-b.Dropped))
 		if out == 0 {
 			t.Errorf("agent %s sent nothing through the relays", a.User)
+		}
+		// The allocation's self-probe echoes through the real relay (no
+		// hairpin trouble) and never judged it lost.
+		if rs.Probes == 0 || rs.Lost != 0 {
+			t.Errorf("agent %s: allocation self-probes echoed %d, allocations lost %d; want ≥ 1 and 0", a.User, rs.Probes, rs.Lost)
 		}
 	}
 	t.Logf("after the cut: %s", strings.Join(parts, "; "))
