@@ -30,7 +30,8 @@ const domain = "p2psip.lab"
 // backbone, the agents of alice and bob each on its own internal LAN), adds
 // a phone on each LAN that registers through its agent, and places calls
 // both ways: bob's phone can reach alice's only through the agents and
-// the overlay. Everything it creates (containers, networks, volumes,
+// the overlay. Then `docker stop` drains super peer 1 and the calls are
+// placed again. Everything it creates (containers, networks, volumes,
 // images) is removed at the end, also on failure.
 func TestComposeStack(t *testing.T) {
 	if testing.Short() {
@@ -133,27 +134,52 @@ func TestComposeStack(t *testing.T) {
 	}
 
 	const calls = 3
-	for _, c := range []struct{ from, user, agent, to string }{
-		{"phone-bob", "bob", "agent-bob", "alice"},
-		{"phone-alice", "alice", "agent-alice", "bob"},
-	} {
-		out, err := run(2*time.Minute, "exec", "-T", c.from, "/phone", "call",
-			"--user", c.user, "--domain", domain, "--proxy", c.agent+":5060",
-			"--calls", fmt.Sprint(calls), "--timeout", "60s", "sip:"+c.to+"@"+domain)
-		if err != nil || !strings.Contains(out, fmt.Sprintf("RESULT ok=%d failed=0", calls)) {
-			t.Fatalf("%s → %s: %v\n%s", c.user, c.to, err, out)
+	// retry is how long the first call may be retried (the callee's
+	// registration may still be on its way); after it, every call counts.
+	callBoth := func(when, retry string) {
+		t.Helper()
+		for _, c := range []struct{ from, user, agent, to string }{
+			{"phone-bob", "bob", "agent-bob", "alice"},
+			{"phone-alice", "alice", "agent-alice", "bob"},
+		} {
+			out, err := run(2*time.Minute, "exec", "-T", c.from, "/phone", "call",
+				"--user", c.user, "--domain", domain, "--proxy", c.agent+":5060",
+				"--calls", fmt.Sprint(calls), "--timeout", retry, "sip:"+c.to+"@"+domain)
+			if err != nil || !strings.Contains(out, fmt.Sprintf("RESULT ok=%d failed=0", calls)) {
+				t.Fatalf("%s: %s → %s: %v\n%s", when, c.user, c.to, err, out)
+			}
+			t.Logf("%s: %s → %s: %d calls answered:\n%s", when, c.user, c.to, calls, out)
 		}
-		t.Logf("%s → %s: %d calls answered:\n%s", c.user, c.to, calls, out)
 	}
+	callBoth("all up", "60s")
+
+	// `docker stop` sends SIGTERM: super peer 1 (alice's agent bootstraps
+	// there first) drains, moving its agents and handing off its records,
+	// and exits 0 within stop_grace_period; calls go on without it.
+	stopStart := time.Now()
+	if out, err := run(60*time.Second, "stop", "superpeer-1"); err != nil {
+		t.Fatalf("compose stop superpeer-1: %v\n%s", err, out)
+	}
+	drained := time.Since(stopStart)
+	spID, _ := run(30*time.Second, "ps", "-q", "superpeer-1")
+	if code, err := runCmd(30*time.Second, []string{"inspect", "-f", "{{.State.ExitCode}}", strings.TrimSpace(spID)}, "docker"); err != nil || strings.TrimSpace(code) != "0" {
+		t.Errorf("superpeer-1 after SIGTERM: exit status %q (%v), want 0", strings.TrimSpace(code), err)
+	}
+	if out, _ := run(30*time.Second, "logs", "--no-color", "superpeer-1"); !strings.Contains(out, `"message":"left the overlay"`) {
+		t.Errorf("superpeer-1 stopped without a graceful drain (no \"left the overlay\")")
+	}
+	t.Logf("superpeer-1 drained and stopped in %s", drained.Round(time.Millisecond))
+	callBoth("superpeer-1 stopped", "0s") // no retry: a drain loses no call
+
 	// Each answering phone logged the calls it answered.
 	for _, p := range []string{"phone-alice", "phone-bob"} {
 		out, _ := run(30*time.Second, "logs", "--no-color", p)
-		if n := strings.Count(out, `"message":"answered"`); n < calls {
-			t.Errorf("%s answered %d calls, want ≥ %d", p, n, calls)
+		if n := strings.Count(out, `"message":"answered"`); n < 2*calls {
+			t.Errorf("%s answered %d calls, want ≥ %d", p, n, 2*calls)
 		}
 	}
-	fmt.Printf("SUMMARY TestComposeStack: 3 super peers + 2 agents in containers, 2 phones registered, %d calls each way answered, %s in all\n",
-		calls, time.Since(start).Round(time.Second))
+	fmt.Printf("SUMMARY TestComposeStack: 3 super peers + 2 agents in containers, 2 phones registered, %d calls each way answered with all up and again after `docker stop` drained superpeer-1 (%s, exit 0); %s in all\n",
+		calls, drained.Round(time.Millisecond), time.Since(start).Round(time.Second))
 }
 
 // composeCommand is the Compose CLI to use, or skips the test: it needs
