@@ -30,3 +30,16 @@ func TestTxKey(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkTxKey: txKey runs twice per tunnelled message.
+func BenchmarkTxKey(b *testing.B) {
+	msg := []byte("INVITE sip:bob@x SIP/2.0\r\n" +
+		"Via: SIP/2.0/TLS 100.64.0.1:5061;branch=z9hG4bK.a1xxxxxxxxxxxxxxx;rport\r\n" +
+		"Via: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK.b2\r\n" +
+		"Record-Route: <sip:abc@1.2.3.4;lr>\r\nFrom: <sip:alice@x>;tag=1\r\nTo: <sip:bob@x>\r\nCall-ID: 123\r\n" +
+		"CSeq: 7 INVITE\r\nContact: <sip:a@1.2.3.4>\r\nContent-Type: application/sdp\r\nContent-Length: 0\r\n\r\n")
+	b.ReportAllocs()
+	for range b.N {
+		txKey(msg)
+	}
+}
