@@ -15,6 +15,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -143,9 +144,18 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	log = logx.Component(log, "session")
+	if cfg.Router != nil {
+		// Every attached agent holds a descriptor: say so at start rather
+		// than with accept errors under load.
+		if limit := openFileLimit(); limit > 0 && uint64(cfg.Router.Capacity())+fdReserve > limit {
+			log.Warn().Uint64("open_file_limit", limit).Int("capacity", cfg.Router.Capacity()).
+				Msgf("the open-file limit holds about %d attached agents, fewer than the capacity: raise it (ulimit -n, LimitNOFILE=)", limit-min(limit, fdReserve))
+		}
+	}
 	return &Server{
 		cfg:   cfg,
-		log:   logx.Component(log, "session"),
+		log:   log,
 		m:     newMetrics(cfg.Registerer),
 		sem:   make(chan struct{}, cfg.MaxInFlight),
 		conns: make(map[*link.Conn]Peer),
@@ -160,6 +170,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.cfg.Listener.Close()
 	}()
 	var err error
+	var backoff time.Duration
 	for {
 		nc, aerr := s.cfg.Listener.Accept()
 		if aerr != nil {
@@ -168,10 +179,25 @@ func (s *Server) Run(ctx context.Context) error {
 				if errors.As(aerr, &ne) && ne.Timeout() {
 					continue
 				}
-				err = fmt.Errorf("session: accept: %w", aerr)
+				if transientAccept(aerr) {
+					// Out of file descriptors (or a connection reset
+					// before we took it): refuse for a moment rather
+					// than stop serving the sessions we hold.
+					backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+					s.m.refused.WithLabelValues("accept").Inc()
+					s.log.Warn().Err(aerr).Dur("retry_in", backoff).Int("sessions", s.count()).Msg("accept failed; is the open-file limit too low for the capacity?")
+					select {
+					case <-time.After(backoff):
+						continue
+					case <-ctx.Done():
+					}
+				} else {
+					err = fmt.Errorf("session: accept: %w", aerr)
+				}
 			}
 			break
 		}
+		backoff = 0
 		s.wg.Add(1)
 		go s.serve(ctx, nc) // calls s.wg.Done when the session has ended
 	}
@@ -183,6 +209,25 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Unlock()
 	s.wg.Wait()
 	return err
+}
+
+// count is the number of live connections.
+func (s *Server) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// transientAccept reports whether an accept error passes by itself: the
+// process or system is out of descriptors or buffers, or the peer gave up
+// before we took its connection.
+func transientAccept(err error) bool {
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.ECONNRESET, syscall.EINTR} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // Sessions counts live connections by role.
@@ -265,6 +310,10 @@ func (s *Server) serve(ctx context.Context, nc net.Conn) {
 		}
 	})
 }
+
+// fdReserve is the descriptors a super peer needs besides its agents'
+// sessions (listeners, mesh links, SIP, TURN, files).
+const fdReserve = 1000
 
 // agentParkAfter is how long an agent's session stays quiet before its
 // reader parks: longer than the gaps inside a burst of frames, much
