@@ -26,6 +26,7 @@ import (
 	"github.com/p2psip/p2psip/common/auth"
 	"github.com/p2psip/p2psip/common/ids"
 	"github.com/p2psip/p2psip/common/record"
+	"github.com/p2psip/p2psip/common/wire"
 	"github.com/p2psip/p2psip/ordinarypeer/fallback"
 	"github.com/p2psip/p2psip/ordinarypeer/uplink"
 )
@@ -56,6 +57,10 @@ const (
 	dedupFor = 10 * time.Second
 	// maxSeen bounds the remembered inbound requests.
 	maxSeen = 1 << 17
+	// noRelayFor is how long a destination whose peer record named no
+	// relayed address is not looked up again (a super peer's SIP edge
+	// has none, and its slow answers would otherwise cost a lookup each).
+	noRelayFor = 10 * time.Second
 	// lookupTimeout bounds reading a destination's peer record for its
 	// relayed address.
 	lookupTimeout = 2 * time.Second
@@ -116,7 +121,10 @@ type sender struct {
 	mu     sync.Mutex
 	relays map[ids.PeerID]string    // destination → its relayed address
 	sticky map[ids.PeerID]time.Time // destination → use relay until
-	recent []sentPayload            // in send order, pruned after recentFor
+	// noRelay: destinations whose peer record named no relayed address,
+	// until when that answer stands.
+	noRelay map[ids.PeerID]time.Time
+	recent  []sentPayload // in send order, pruned after recentFor
 	// pending: requests sent over the overlay awaiting their first
 	// response, by transaction key (txKey); swept by runTimeouts.
 	pending  map[string]pendingReq
@@ -128,10 +136,13 @@ type sender struct {
 
 	// after is Config.RelayAfter (≤ 0: no timeout fallback).
 	after time.Duration
-	// ctx bounds the peer-record lookups of resends; wg tracks them.
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// ctx bounds the peer-record lookups of resends; wg tracks them;
+	// stopped (under bgMu) ends new ones once runTimeouts returns.
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	bgMu    sync.Mutex
+	stopped bool
 
 	overlayOut, timeouts, lookups, dups atomic.Uint64
 }
@@ -143,6 +154,7 @@ func newSender(a *Agent) *sender {
 		after = DefaultRelayAfter
 	}
 	return &sender{a: a, relays: make(map[ids.PeerID]string), sticky: make(map[ids.PeerID]time.Time),
+		noRelay: make(map[ids.PeerID]time.Time),
 		pending: make(map[string]pendingReq), seen: make(map[seenKey]*seenReq), after: after, ctx: ctx, cancel: cancel}
 }
 
@@ -345,7 +357,7 @@ func (s *sender) failed(dst ids.PeerID, txid uint64) bool {
 	}
 	s.settle(payload)
 	if addr == "" {
-		return s.resendLater(dst, [][]byte{payload}, "error frame")
+		return s.resendLater(dst, [][]byte{payload}, "error frame", true)
 	}
 	if err := s.viaRelay(dst, addr, payload); err != nil {
 		s.a.log.Debug().Err(err).Str("peer_id", dst.Short()).Msg("relay fallback")
@@ -358,20 +370,28 @@ func (s *sender) failed(dst ids.PeerID, txid uint64) bool {
 
 // resendLater looks up dst's relayed address in its peer record and
 // re-sends payloads through the relays, on a goroutine of its own. With
-// no relayed address to be found, dst's tunnel connection is closed so
-// that its transactions fail at once. It returns false if it could not
-// start (the agent is stopping).
-func (s *sender) resendLater(dst ids.PeerID, payloads [][]byte, why string) bool {
-	if s.ctx.Err() != nil {
+// no relayed address to be found and gone set (the overlay said dst is
+// unreachable), dst's tunnel connection is closed so that its
+// transactions fail at once; after a mere timeout they go on waiting (a
+// slow answer may still come: a super peer's SIP edge, which has no
+// relay, behind a lossy phone). It returns false if it could not start
+// (the agent is stopping).
+func (s *sender) resendLater(dst ids.PeerID, payloads [][]byte, why string, gone bool) bool {
+	s.bgMu.Lock()
+	if s.stopped {
+		s.bgMu.Unlock()
 		return false
 	}
 	s.wg.Add(1)
+	s.bgMu.Unlock()
 	go func() {
 		defer s.wg.Done()
 		addr, err := s.lookupRelay(dst)
 		if err != nil {
 			s.a.log.Info().Err(err).Str("peer_id", dst.Short()).Str("why", why).Msg("overlay path failed and no relayed address known")
-			s.a.router.PeerGone(dst)
+			if gone {
+				s.a.router.PeerGone(dst)
+			}
 			return
 		}
 		s.resend(dst, addr, payloads, why)
@@ -400,6 +420,29 @@ func (s *sender) resend(dst ids.PeerID, addr string, payloads [][]byte, why stri
 // destination whose contact carried none: registered before its
 // allocation, or reached through a Route header) and learns it.
 func (s *sender) lookupRelay(dst ids.PeerID) (string, error) {
+	s.mu.Lock()
+	until, miss := s.noRelay[dst]
+	if miss && time.Now().After(until) {
+		delete(s.noRelay, dst)
+		miss = false
+	}
+	s.mu.Unlock()
+	if miss {
+		return "", fmt.Errorf("peer record of %s: %w (looked up within %s)", dst.Short(), errNoRelay, noRelayFor)
+	}
+	addr, err := s.readPeerRecord(dst)
+	if errors.Is(err, errNoRelay) {
+		s.mu.Lock()
+		if len(s.noRelay) >= maxRelays {
+			clear(s.noRelay)
+		}
+		s.noRelay[dst] = time.Now().Add(noRelayFor)
+		s.mu.Unlock()
+	}
+	return addr, err
+}
+
+func (s *sender) readPeerRecord(dst ids.PeerID) (string, error) {
 	s.lookups.Add(1)
 	ctx, cancel := context.WithTimeout(s.ctx, lookupTimeout)
 	defer cancel()
@@ -408,6 +451,9 @@ func (s *sender) lookupRelay(dst ids.PeerID) (string, error) {
 		return "", fmt.Errorf("peer record of %s: %w", dst.Short(), err)
 	}
 	rec, err := sess.Get(ctx, record.KindPeer, dst.String())
+	if werr := (*wire.Error)(nil); errors.As(err, &werr) && werr.Code == wire.CodeNotFound {
+		return "", fmt.Errorf("peer record of %s: none: %w", dst.Short(), errNoRelay)
+	}
 	if err != nil {
 		return "", fmt.Errorf("peer record of %s: %w", dst.Short(), err)
 	}
@@ -430,6 +476,9 @@ var errNoRelay = errors.New("no relayed address")
 // response from its destination within s.after, until ctx ends.
 func (s *sender) runTimeouts(ctx context.Context) error {
 	defer func() {
+		s.bgMu.Lock()
+		s.stopped = true // no resendLater may start after this
+		s.bgMu.Unlock()
 		s.cancel()
 		s.wg.Wait()
 	}()
@@ -481,7 +530,7 @@ func (s *sender) sweep(now time.Time) {
 		addr := s.relays[dst]
 		s.mu.Unlock()
 		if addr == "" {
-			s.resendLater(dst, ps, why)
+			s.resendLater(dst, ps, why, false)
 			continue
 		}
 		s.resend(dst, addr, ps, why)
