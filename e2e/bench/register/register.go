@@ -109,7 +109,7 @@ func (l Load) Run(tb testing.TB, rate int, d time.Duration) Step {
 		s.Stats.Failed += st.Failed
 		s.Stats.Retransmissions += st.Retransmissions
 		if (err != nil || serr != nil || st.Failed != 0 || st.Successful != n) && s.Err == nil {
-			s.Err = fmt.Errorf("%s: %s (exit %v, stats %v)", p.Name, st, err, serr)
+			s.Err = fmt.Errorf("%s: %s (exit %v, stats %v)%s", p.Name, st, err, serr, firstError(p))
 		}
 	}
 	return s
@@ -144,4 +144,23 @@ func (l Load) Ramp(tb testing.TB, rates []int, d, hold time.Duration, log func(s
 		lastOK = lastOK * 85 / 100
 	}
 	return Step{}, steps
+}
+
+// firstError is the first message SIPp logged as unexpected or an error,
+// which names what the registrar answered instead.
+func firstError(p *sipp.Proc) string {
+	b, err := os.ReadFile(filepath.Join(p.Dir, "errors.log"))
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	s := string(b)
+	// The log's first entry: a timestamped line, then the message.
+	if i := strings.Index(s, "\n\n"); i > 0 {
+		s = s[:i]
+	}
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 300 {
+		s = s[:300] + "..."
+	}
+	return "; SIPp: " + s
 }

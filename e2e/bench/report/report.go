@@ -160,6 +160,8 @@ type Fragment struct {
 	Lines []string `json:"lines,omitempty"`
 	// Duration is how long the benchmark took.
 	Duration time.Duration `json:"duration_ns,omitempty"`
+	// Mode is "full" or "smoke", set by WriteFragment from P2PSIP_BENCH.
+	Mode string `json:"mode,omitempty"`
 }
 
 var plotName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
@@ -209,6 +211,10 @@ func WriteFragment(dir string, f Fragment) error {
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("bench fragment: %w", err)
+	}
+	f.Mode = "smoke"
+	if Full() {
+		f.Mode = "full"
 	}
 	b, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {

@@ -41,7 +41,7 @@ func TestAssemble(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rep.Fragments[0].Source != "calls" || len(rep.Results()) != 4 || rep.Machine.Cores < 1 {
+		if rep.Fragments[0].Source != "calls" || len(rep.Results()) != 4 || rep.Machine.Cores < 1 || rep.Machine.Mode != "smoke" {
 			t.Fatalf("report: %+v", rep)
 		}
 		md, err := os.ReadFile(filepath.Join(d, "report.md"))
