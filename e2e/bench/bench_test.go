@@ -168,8 +168,8 @@ func params() benchParams {
 			callStart:      200, callLimit: 51200, callBisect: 1, callHoldTries: 3,
 			// The rate of the reference figures in shared/notes/TESTING.md.
 			latencyRate: 500,
-			regStep:     4 * time.Second, regHold: 10 * time.Second,
-			regRates:      []int{800, 1600, 3200, 4800, 6400, 9600, 12800, 19200, 25600},
+			regStep:     3 * time.Second, regHold: 10 * time.Second,
+			regRates:      []int{1000, 2000, 3000, 4000, 6000, 8000, 12000, 16000, 24000, 32000},
 			lookupRecords: 64, lookupDuration: 10 * time.Second, lookupLoadRate: 2000, lookupLoaders: 8, lookupMeasurers: 2,
 			turnAllocs: 1000, turnThrough: 32, turnStart: 10000, turnLimit: 640000, turnBisect: 2, turnTries: 2,
 			turnStep: 3 * time.Second, turnHold: 10 * time.Second,
