@@ -74,6 +74,8 @@ func superpeerFlags() []cli.Flag {
 			Usage: "with --promotion auto, how long an agent must have run before it is promoted (`DURATION`)"}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "promotion-ratio", EnvVars: env("promotion-ratio"),
 			Usage: "with --promotion auto, promote only while the mesh has more than `N` attached agents per super peer (0: whenever a reachable agent asks)"}),
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "publishers", EnvVars: env("publishers"),
+			Usage: "`SERVICE=USER` pairs, comma separated: users who may publish that service's records besides super peers (e.g. voicemail=vm1)"}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "drain-timeout", Value: 10 * time.Second, EnvVars: env("drain-timeout"),
 			Usage: "on SIGTERM, at most `DURATION` to hand records over and move attached agents before leaving"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "json", EnvVars: env("log-format"),
@@ -141,6 +143,7 @@ func runSuperpeer(c *cli.Context) error {
 		TURNAllowLoopback:  c.Bool("turn-allow-loopback"),
 	}
 	cfg.RelayMinPort, cfg.RelayMaxPort, _ = relayPorts(c.String("turn-relay-ports")) // validated
+	cfg.Publishers, _ = publishers(c.StringSlice("publishers"))                      // validated
 	node, err := superpeer.New(cfg, log)
 	if err != nil {
 		return err

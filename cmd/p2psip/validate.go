@@ -21,6 +21,7 @@ import (
 	"github.com/urfave/cli/v2/altsrc"
 
 	"github.com/p2psip/p2psip/common/logx"
+	"github.com/p2psip/p2psip/common/record"
 )
 
 // fileKeysMeta is the App.Metadata key under which loadConfig records the
@@ -329,6 +330,12 @@ func superpeerChecks() []check {
 		oneOf("promotion", "off", "auto"),
 		durationKey("promotion-min-uptime", 0, "0 or positive"),
 		intRange("promotion-ratio", 0, maxInt),
+		{"publishers", func(c *cli.Context) string {
+			if _, err := publishers(c.StringSlice("publishers")); err != nil {
+				return err.Error()
+			}
+			return ""
+		}},
 		durationKey("drain-timeout", time.Second, "at least 1s"),
 	}
 	return append(cs, logChecks()...)
@@ -414,4 +421,28 @@ func peerChecks() []check {
 func logSampleFlag() cli.Flag {
 	return altsrc.NewStringFlag(&cli.StringFlag{Name: "log-sample", Value: logx.DefaultSample, EnvVars: env("log-sample"),
 		Usage: "per-message debug/trace lines: `BURST/PERIOD[,1/EVERY]` pass, then one in EVERY of the rest; \"off\" keeps all (info and above are never sampled)"})
+}
+
+// publishers parses --publishers "SERVICE=USER" pairs into the store's
+// per-service lists of users allowed to publish.
+func publishers(pairs []string) (map[string][]string, error) {
+	if len(pairs) == 0 {
+		return nil, nil
+	}
+	out := make(map[string][]string)
+	for _, p := range pairs {
+		svc, user, ok := strings.Cut(strings.TrimSpace(p), "=")
+		if !ok || svc == "" || user == "" {
+			return nil, fmt.Errorf("%q: want SERVICE=USER", p)
+		}
+		probe := record.Record{Kind: record.KindService, Name: svc}
+		if probe.Validate() != nil {
+			return nil, fmt.Errorf("%q: service name must be 1..64 of a-z, 0-9, '.', '_', '-'", p)
+		}
+		if strings.ContainsAny(user, ":@ \t") {
+			return nil, fmt.Errorf("%q: user %q is a credential user name, without domain or colon", p, user)
+		}
+		out[svc] = append(out[svc], user)
+	}
+	return out, nil
 }

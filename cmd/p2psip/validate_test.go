@@ -51,6 +51,8 @@ func TestConfigValidation(t *testing.T) {
 			"peer-port: must be 0..65535 (got 70000, from --peer-port)",
 			"ports: sip-port and turn-port are both 5070",
 		}, []string{"superpeer", "--peer-port", "70000", "--sip-port", "5070", "--turn-port", "5070"}},
+		{"publishers", nil, []string{`publishers: "Voice Mail=vm1": service name must be`}, []string{"superpeer", "--publishers", "voicemail=vm1,Voice Mail=vm1"}},
+		{"publishers pair", []string{"P2PSIP_PUBLISHERS=voicemail"}, []string{`publishers: "voicemail": want SERVICE=USER (from P2PSIP_PUBLISHERS)`}, []string{"superpeer"}},
 		{"bind", nil, []string{`bind: must be an IP address (got "localhost", from --bind)`}, []string{"superpeer", "--bind", "localhost"}},
 		{"wildcard bind", []string{"P2PSIP_BIND=0.0.0.0"}, []string{"advertise: is required when bind is 0.0.0.0"}, []string{"superpeer"}},
 		{"overlay", nil, []string{`overlay: must be a domain name such as example.net (got "my overlay", from --overlay)`}, []string{"superpeer", "--overlay", "my overlay"}},
