@@ -1,0 +1,93 @@
+package calls
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// A SIPp message trace: an INVITE sent twice (a retransmission), its 180
+// and 200, a BYE's 200 that must not count, and a second call with no 200.
+const trace = `----------------------------------------------- 2026-11-25 17:34:01.475413
+UDP message sent (511 bytes):
+
+INVITE sip:bob@example.net SIP/2.0
+Call-ID: 1-1@127.0.0.1
+CSeq: 1 INVITE
+
+----------------------------------------------- 2026-11-25 17:34:01.975413
+UDP message sent (511 bytes):
+
+INVITE sip:bob@example.net SIP/2.0
+Call-ID: 1-1@127.0.0.1
+CSeq: 1 INVITE
+
+----------------------------------------------- 2026-11-25 17:34:01.976000
+UDP message received [309] bytes :
+
+SIP/2.0 180 Ringing
+Call-ID: 1-1@127.0.0.1
+CSeq: 1 INVITE
+
+----------------------------------------------- 2026-11-25 17:34:01.977613
+UDP message received [309] bytes :
+
+SIP/2.0 200 OK
+Call-ID: 1-1@127.0.0.1
+CSeq: 1 INVITE
+
+----------------------------------------------- 2026-11-25 17:34:01.977700
+UDP message received [309] bytes :
+
+SIP/2.0 200 OK
+Call-ID: 1-1@127.0.0.1
+CSeq: 1 INVITE
+
+----------------------------------------------- 2026-11-25 17:34:02.000000
+UDP message sent (300 bytes):
+
+INVITE sip:bob@example.net SIP/2.0
+Call-ID: 2-1@127.0.0.1
+CSeq: 1 INVITE
+
+----------------------------------------------- 2026-11-25 17:34:02.100000
+UDP message received [200] bytes :
+
+SIP/2.0 200 OK
+Call-ID: 2-1@127.0.0.1
+CSeq: 2 BYE
+`
+
+func TestTraceLatencies(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "messages.log")
+	if err := os.WriteFile(p, []byte(trace), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := traceLatencies(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// From the first sending of the INVITE to the first 200.
+	if want := 502200 * time.Microsecond; len(got) != 1 || got[0] != want {
+		t.Fatalf("latencies %v, want [%v]", got, want)
+	}
+	if err := os.WriteFile(p, []byte("----------------------------------------------- not a time\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := traceLatencies(p); err == nil {
+		t.Fatal("a bad timestamp parsed")
+	}
+}
+
+func TestPercentileAndRound(t *testing.T) {
+	d := []time.Duration{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+	if Percentile(d, 50) != 5 || Percentile(d, 99) != 10 || Percentile(nil, 50) != 0 {
+		t.Fatal("percentiles")
+	}
+	for in, want := range map[int]int{1234: 1200, 99: 99, 5600: 5600, 15360: 15000, 0: 1} {
+		if got := roundRate(in); got != want {
+			t.Errorf("roundRate(%d) = %d, want %d", in, got, want)
+		}
+	}
+}
