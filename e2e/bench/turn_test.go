@@ -75,7 +75,9 @@ func benchTURN(t *testing.T, p benchParams, sink *fragments) {
 	}
 	sp := o.Start()
 	ours := run("ours", sp.Node.TURNAddr(), o.Name, o.Secret, true)
-	if !p.full && !ours.best.OK() {
+	if !p.full && !relayedAll(ours.steps) {
+		// Not OK(): a loaded CI machine may stall the sender past the
+		// step's end, but nothing sent may be lost at the smoke rate.
 		t.Errorf("our TURN at the smoke rate: %v", ours.steps)
 	}
 
@@ -129,4 +131,14 @@ func benchTURN(t *testing.T, p benchParams, sink *fragments) {
 		}
 	}
 	sink.emit(t, report.Fragment{Source: "turn", Results: rs, Series: series, Lines: log.all(), Duration: time.Since(start)})
+}
+
+// relayedAll says every step relayed something and lost nothing.
+func relayedAll(steps []turnload.Step) bool {
+	for _, s := range steps {
+		if s.Err != nil || s.Received == 0 || s.Lost() != 0 {
+			return false
+		}
+	}
+	return len(steps) > 0
 }
