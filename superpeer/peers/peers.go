@@ -52,8 +52,8 @@ type Config struct {
 	Handler func(from ids.PeerID) link.Handler
 	// Link tunes each connection.
 	Link link.Config
-	// Probe is how often a link that was used since its last probe is
-	// pinged (default DefaultProbe; negative: never). A link whose Ping
+	// Probe is how often every link is pinged (default DefaultProbe;
+	// negative: never). A link whose Ping
 	// gets no answer within ProbeTimeout (default DefaultProbeTimeout) is
 	// closed: a cut without a reset (a firewall dropping packets) leaves
 	// the TCP connection open for many minutes, writes just buffer, and
@@ -82,9 +82,7 @@ type Pool struct {
 
 // slot is one peer's link, or the dial in progress.
 type slot struct {
-	conn *link.Conn
-	// used: the link was handed out since its last probe.
-	used     atomic.Bool
+	conn     *link.Conn
 	dialing  chan struct{} // closed when the dial ends
 	err      error
 	failedAt time.Time
@@ -172,7 +170,6 @@ func (p *Pool) get(ctx context.Context, to ids.PeerID) (*link.Conn, error) {
 				delete(p.conns, to)
 				continue
 			default:
-				s.used.Store(true)
 				p.mu.Unlock()
 				return s.conn, nil
 			}
@@ -221,7 +218,6 @@ func (p *Pool) get(ctx context.Context, to ids.PeerID) (*link.Conn, error) {
 		return nil, fmt.Errorf("peers: shutting down")
 	}
 	s.conn = sess.Conn
-	s.used.Store(true)
 	p.trackLocked(to, s, sess)
 	p.mu.Unlock()
 	return sess.Conn, nil
@@ -283,10 +279,12 @@ func (p *Pool) trackLocked(to ids.PeerID, s *slot, sess *client.Session) {
 	}()
 }
 
-// probe pings s's link every Probe while it is in use and closes it when
-// a Ping goes unanswered for ProbeTimeout; it returns when the link ends.
-// Idle links are left alone: nothing is lost on them, and their first use
-// starts the probing again.
+// probe pings s's link every Probe and closes it when a Ping goes
+// unanswered for ProbeTimeout; it returns when the link ends. Every link
+// is probed, idle or not: users may keep a link they got from Conn and
+// send on it for as long as it is open (the tunnel router does), so the
+// pool cannot tell which links carry traffic; one Ping per link every
+// Probe costs next to nothing.
 func (p *Pool) probe(to ids.PeerID, s *slot) {
 	c := s.conn
 	if p.cfg.Probe < 0 {
@@ -299,9 +297,6 @@ func (p *Pool) probe(to ids.PeerID, s *slot) {
 		case <-c.Done():
 			return
 		case <-t.C:
-		}
-		if !s.used.Swap(false) {
-			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ProbeTimeout)
 		start := time.Now()
