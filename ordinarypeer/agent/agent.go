@@ -347,6 +347,20 @@ func (s store) Put(ctx context.Context, _ string, rec *record.Record) error {
 	return err
 }
 
+// PutState writes and returns the overlay's state after the write (nil
+// from a super peer that does not echo it: the registrar then reads).
+func (s store) PutState(ctx context.Context, _ string, rec *record.Record) (*record.Record, error) {
+	sess, err := s.a.up.Session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := sess.PutState(ctx, rec)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Record, nil
+}
+
 func (s store) Get(ctx context.Context, aor string) (*record.Record, error) {
 	sess, err := s.a.up.Session(ctx)
 	if err != nil {
