@@ -52,9 +52,18 @@ func (r *Router) proxy(orig, in *sip.Request, tx sip.ServerTransaction, from ori
 	if len(targets) > 1 {
 		r.stats.forks.Add(1)
 	}
-	events := make(chan event, 4*len(targets))
+	var events chan event
+	if len(targets) > 1 {
+		events = make(chan event, 4*len(targets))
+	}
 	var best bestResponse
 	var branches []*branch
+	// A lone branch (nearly every request) is watched by the loop below
+	// itself: a watcher goroutine per branch cost a goroutine start, a
+	// stack growth and a channel hop per response.
+	var one *branch
+	var oneRes <-chan *sip.Response
+	var oneDone <-chan struct{}
 	addRR := wantsRecordRoute(in)
 	for _, t := range targets {
 		b := &branch{t: t}
@@ -68,6 +77,10 @@ func (r *Router) proxy(orig, in *sip.Request, tx sip.ServerTransaction, from ori
 			continue
 		}
 		branches = append(branches, b)
+		if events == nil {
+			one, oneRes, oneDone = b, b.tx.Responses(), b.tx.Done()
+			continue
+		}
 		r.handlers.Add(1)
 		go r.watch(ctx, b, events)
 	}
@@ -103,58 +116,37 @@ func (r *Router) proxy(orig, in *sip.Request, tx sip.ServerTransaction, from ori
 		}
 	}
 	for pending > 0 {
+		var ev event
 		select {
-		case ev := <-events:
-			b := ev.b
-			switch {
-			case ev.err != nil:
-				pending--
-				b.final = failureStatus(ev.err)
-				best.synth(b.final)
-			case ev.res.IsProvisional():
-				b.ringing = true
-				if b.wantCancel {
-					r.cancelBranch(b)
-				}
-				if tc != nil {
-					tc.Reset(r.cfg.TimerC)
-				}
-				if ev.res.StatusCode > 100 && !answered {
-					r.respondUpstream(tx, ev.res, from)
-				}
-			case ev.res.IsSuccess():
-				pending--
-				b.final = ev.res.StatusCode
-				if answered {
-					if invite {
-						r.forwardStateless(ev.res, from)
-					}
-					continue
-				}
-				answered, success = true, true
-				r.respondUpstream(tx, ev.res, from)
-				if invite {
-					cancelAll()
-				}
-			default:
-				pending--
-				b.final = ev.res.StatusCode
-				best.add(ev.res)
-				if invite && ev.res.StatusCode >= 600 {
-					cancelAll()
-				}
+		case ev = <-events:
+		case res := <-oneRes:
+			// As watch: after the final response sipgo sends 2xx
+			// retransmissions to OnRetransmission, not Responses.
+			ev = event{b: one, res: res}
+			if !res.IsProvisional() {
+				oneRes, oneDone = nil, nil
 			}
+		case <-oneDone:
+			err := one.tx.Err()
+			if err == nil {
+				err = sip.ErrTransactionTerminated
+			}
+			ev = event{b: one, err: err}
+			oneRes, oneDone = nil, nil
 		case <-upCancel:
 			upCancel, answered = nil, true
 			cancelAll()
+			continue
 		case <-txDone:
 			// The upstream transaction died (its connection closed): nobody
 			// is left to answer.
 			txDone, answered = nil, true
 			cancelAll()
+			continue
 		case <-timerC:
 			timerC = nil
 			cancelAll()
+			continue
 		case <-giveUp:
 			giveUp = nil
 			for _, b := range branches {
@@ -162,6 +154,7 @@ func (r *Router) proxy(orig, in *sip.Request, tx sip.ServerTransaction, from ori
 					b.tx.Terminate() // its watcher reports the end
 				}
 			}
+			continue
 		case <-ctx.Done():
 			for _, b := range branches {
 				if b.final == 0 {
@@ -169,6 +162,45 @@ func (r *Router) proxy(orig, in *sip.Request, tx sip.ServerTransaction, from ori
 				}
 			}
 			return
+		}
+		b := ev.b
+		switch {
+		case ev.err != nil:
+			pending--
+			b.final = failureStatus(ev.err)
+			best.synth(b.final)
+		case ev.res.IsProvisional():
+			b.ringing = true
+			if b.wantCancel {
+				r.cancelBranch(b)
+			}
+			if tc != nil {
+				tc.Reset(r.cfg.TimerC)
+			}
+			if ev.res.StatusCode > 100 && !answered {
+				r.respondUpstream(tx, ev.res, from)
+			}
+		case ev.res.IsSuccess():
+			pending--
+			b.final = ev.res.StatusCode
+			if answered {
+				if invite {
+					r.forwardStateless(ev.res, from)
+				}
+				continue
+			}
+			answered, success = true, true
+			r.respondUpstream(tx, ev.res, from)
+			if invite {
+				cancelAll()
+			}
+		default:
+			pending--
+			b.final = ev.res.StatusCode
+			best.add(ev.res)
+			if invite && ev.res.StatusCode >= 600 {
+				cancelAll()
+			}
 		}
 	}
 	if !answered {

@@ -240,7 +240,7 @@ func (r *Router) lookup(ctx context.Context, uri *sip.Uri, from origin) decision
 // shares some header objects between clones, so the header is replaced,
 // not decremented.
 func checkRequest(in *sip.Request) decision {
-	if hasControl(in.Recipient.String()) {
+	if uriHasControl(&in.Recipient) {
 		return reject(400, "Bad Request-URI")
 	}
 	if to := in.To(); to == nil || hasControl(to.Value()) {
@@ -269,6 +269,22 @@ func hasControl(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; (c < 0x20 && c != '\t') || c == 0x7f {
 			return true
+		}
+	}
+	return false
+}
+
+// uriHasControl is hasControl(u.String()) without building the string:
+// the URI's text is its parts plus separators free of control characters.
+func uriHasControl(u *sip.Uri) bool {
+	if hasControl(u.Scheme) || hasControl(u.Raw()) || hasControl(u.User) || hasControl(u.Password) || hasControl(u.Host) {
+		return true
+	}
+	for _, p := range [2]sip.HeaderParams{u.UriParams, u.Headers} {
+		for _, kv := range p {
+			if hasControl(kv.K) || hasControl(kv.V) {
+				return true
+			}
 		}
 	}
 	return false

@@ -128,3 +128,35 @@ func (noLocator) Lookup(context.Context, string) ([]record.Contact, error) { ret
 type noLocal struct{}
 
 func (noLocal) Flow(string) (string, string, bool) { return "", "", false }
+
+// uriHasControl must agree with hasControl on the URI's text, which it
+// replaces on the hot path without building the string.
+func TestURIHasControlMatchesItsText(t *testing.T) {
+	clean := sip.Uri{Scheme: "sip", User: "alice", Host: "example.net", Port: 5060,
+		UriParams: sip.HeaderParams{{K: "transport", V: "tcp"}, {K: "lr"}},
+		Headers:   sip.HeaderParams{{K: "subject", V: "hi"}}}
+	cases := map[string]func(u *sip.Uri){
+		"clean":        func(*sip.Uri) {},
+		"user NUL":     func(u *sip.Uri) { u.User = "al\x00ice" },
+		"password":     func(u *sip.Uri) { u.Password = "pw\x01" },
+		"host DEL":     func(u *sip.Uri) { u.Host = "exa\x7fmple.net" },
+		"param value":  func(u *sip.Uri) { u.UriParams = sip.HeaderParams{{K: "x", V: "a\x1fb"}} },
+		"param name":   func(u *sip.Uri) { u.UriParams = sip.HeaderParams{{K: "x\x02"}} },
+		"header value": func(u *sip.Uri) { u.Headers = sip.HeaderParams{{K: "h", V: "\x03"}} },
+		"tab is fine":  func(u *sip.Uri) { u.User = "a\tb" },
+	}
+	for name, mod := range cases {
+		u := clean
+		u.UriParams, u.Headers = append(sip.HeaderParams(nil), clean.UriParams...), append(sip.HeaderParams(nil), clean.Headers...)
+		mod(&u)
+		if got, want := uriHasControl(&u), hasControl(u.String()); got != want {
+			t.Errorf("%s: uriHasControl = %v, hasControl(%q) = %v", name, got, u.String(), want)
+		}
+	}
+	var parsed sip.Uri
+	if err := sip.ParseUri("tel:+1-555\x00", &parsed); err == nil {
+		if got, want := uriHasControl(&parsed), hasControl(parsed.String()); got != want {
+			t.Errorf("raw URI: uriHasControl = %v, hasControl(%q) = %v", got, parsed.String(), want)
+		}
+	}
+}

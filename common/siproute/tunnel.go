@@ -136,7 +136,7 @@ func (t *tunnel) conn(peer, hint ids.PeerID, force bool) (*vconn, error) {
 		}
 		c = newVconn(t, peer, net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, fakePort)))
 		t.conns[peer] = c
-		t.byAddr[c.raddr.String()] = c
+		t.byAddr[c.addr] = c
 	}
 	if !hint.IsZero() && (force || t.hints[c].IsZero()) {
 		t.hints[c] = hint
@@ -183,11 +183,16 @@ func (t *tunnel) ensure(ctx context.Context, peer, hint ids.PeerID) (string, err
 	if err != nil {
 		return "", err
 	}
+	select {
+	case <-c.pooled: // the usual case: no timer needed
+		return c.addr, nil
+	default:
+	}
 	timer := time.NewTimer(readyTimeout)
 	defer timer.Stop()
 	select {
 	case <-c.pooled:
-		return c.raddr.String(), nil
+		return c.addr, nil
 	case <-c.done:
 		return "", fmt.Errorf("tunnel to %s: %w", peer.Short(), net.ErrClosed)
 	case <-timer.C:
@@ -235,8 +240,8 @@ func (t *tunnel) forget(c *vconn) {
 	if t.conns[c.peer] == c {
 		delete(t.conns, c.peer)
 	}
-	if t.byAddr[c.raddr.String()] == c {
-		delete(t.byAddr, c.raddr.String())
+	if t.byAddr[c.addr] == c {
+		delete(t.byAddr, c.addr)
 	}
 	delete(t.hints, c)
 	t.mu.Unlock()

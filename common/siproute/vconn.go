@@ -19,6 +19,7 @@ type vconn struct {
 	t     *tunnel
 	peer  ids.PeerID
 	raddr *net.TCPAddr
+	addr  string // raddr.String(), the key sipgo and the tunnel use
 
 	// pooled is closed by sipgo's first Read, which it makes only after it
 	// has put the connection in its pool (TransportTCP.initConnection).
@@ -36,7 +37,7 @@ type vconn struct {
 
 func newVconn(t *tunnel, peer ids.PeerID, raddr *net.TCPAddr) *vconn {
 	return &vconn{
-		t: t, peer: peer, raddr: raddr,
+		t: t, peer: peer, raddr: raddr, addr: raddr.String(),
 		pooled: make(chan struct{}), wake: make(chan struct{}, 1), done: make(chan struct{}),
 	}
 }

@@ -74,6 +74,10 @@ type Router struct {
 	wg sync.WaitGroup // lookups and dials in flight
 
 	blocked sync.Map // ids.PeerID → bool (drop silently): super peers BlockForTest/DropForTest cut off
+	// links caches the link last used to each super peer (ids.PeerID →
+	// *link.Conn), so that a frame for a super peer already linked is
+	// sent on the reader without a goroutine or a context (forward.go).
+	links sync.Map
 }
 
 // New builds a router.
