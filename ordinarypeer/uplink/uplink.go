@@ -440,7 +440,17 @@ func (u *Uplink) candidates(lost ids.PeerID) []string {
 	u.mu.Lock()
 	att := u.att
 	u.mu.Unlock()
-	for _, a := range att.Alternates {
+	alts := att.Alternates
+	if !lost.IsZero() && len(alts) > 1 {
+		// Every agent of a lost super peer reattaches at the same moment:
+		// starting each at its own alternate (by Peer-ID) spreads that
+		// burst of handshakes and record writes over the survivors rather
+		// than landing it on the one that was least loaded when the list
+		// was made.
+		k := int(u.self[0]) % len(alts)
+		alts = append(append([]wire.SuperPeerInfo(nil), alts[k:]...), alts[:k]...)
+	}
+	for _, a := range alts {
 		add(a.PeerAddr, a.PeerID == lost)
 	}
 	for _, a := range u.loadCache() {
