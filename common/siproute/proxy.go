@@ -374,11 +374,14 @@ func newCancel(inv *sip.Request) *sip.Request {
 func keepHeaders(_ *sipgo.Client, _ *sip.Request) error { return nil }
 
 // respondUpstream relays a downstream response on the server transaction,
-// minus our Via. The clone's destination was computed from our Via; a
-// response goes back where the request came from (RFC 3581 symmetric
-// response; on streams sipgo uses the request's connection anyway).
+// minus our Via. Its destination was computed from our Via; a response
+// goes back where the request came from (RFC 3581 symmetric response; on
+// streams sipgo uses the request's connection anyway). res is modified in
+// place, not cloned (6 % of the allocations of a call): a client
+// transaction hands each response it passes up over for good, reading
+// only the newest one it received (fsmResp) and never one it passed up.
 func (r *Router) respondUpstream(tx sip.ServerTransaction, res *sip.Response, up origin) {
-	out := res.Clone()
+	out := res
 	out.RemoveHeader("Via")
 	out.SetTransport(up.transport)
 	out.SetDestination(up.source)
