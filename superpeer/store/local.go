@@ -86,7 +86,8 @@ func (l *local) count(k record.Kind, d int64) {
 	}
 }
 
-// entry is what scans see: a record (shared, read-only) and its digest.
+// entry is what scans see: a copy of the record or its digest (see
+// snapshot).
 type entry struct {
 	rid    ids.ResourceID
 	rec    *record.Record
@@ -94,27 +95,40 @@ type entry struct {
 }
 
 // snapshot lists the records held (those filter accepts; nil: all), shard
-// by shard, with digests filled in. With records, each entry carries a
-// copy that is safe to read and send after the locks drop.
+// by shard. With records, each entry carries a copy that is safe to read
+// and send after the locks drop, and no digest: the scans that move
+// records (hand-off, drain, repair) never compare digests, and computing
+// one (CBOR and SHA-256) for every record of a fresh hand-off cost more
+// than sending it. Without records, digests are filled in.
 func (l *local) snapshot(filter func(ids.ResourceID) bool, records bool) []entry {
 	var out []entry
 	for i := range l.shards {
 		sh := &l.shards[i]
-		sh.mu.Lock()
+		if records {
+			sh.mu.RLock()
+		} else {
+			sh.mu.Lock() // digests are cached in the items
+		}
 		for rid, it := range sh.items {
 			if filter != nil && !filter(rid) {
 				continue
 			}
-			if it.digest == 0 {
-				it.digest = it.rec.Digest() | 1 // never 0: 0 means "stale"
-			}
-			e := entry{rid: rid, digest: it.digest}
+			e := entry{rid: rid}
 			if records {
 				e.rec = it.rec.Clone()
+			} else {
+				if it.digest == 0 {
+					it.digest = it.rec.Digest() | 1 // never 0: 0 means "stale"
+				}
+				e.digest = it.digest
 			}
 			out = append(out, e)
 		}
-		sh.mu.Unlock()
+		if records {
+			sh.mu.RUnlock()
+		} else {
+			sh.mu.Unlock()
+		}
 	}
 	return out
 }

@@ -91,20 +91,54 @@ func (s *Store) handoff(ctx context.Context, prev, next []ids.PeerID) {
 	}
 }
 
-// pushBatches replicates recs to p in frames of at most Batch records and
-// returns how many changed p.
+// pushWindow is how many Replicate frames of one push are in flight at
+// once: the sender encodes the next batches while the receiver applies
+// one, instead of a round trip per batch.
+const pushWindow = 4
+
+// pushBatches replicates recs to p in frames of at most Batch records,
+// pushWindow at a time, and returns how many changed p.
 func (s *Store) pushBatches(ctx context.Context, p ids.PeerID, recs []record.Record) (int, error) {
-	applied := 0
-	for len(recs) > 0 {
-		n := min(len(recs), s.cfg.Batch)
-		resp, err := s.sendBatch(ctx, p, &wire.ReplicateReq{Records: recs[:n]})
-		if err != nil {
-			return applied, err
-		}
-		applied += resp.Applied
-		recs = recs[n:]
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex // guards applied and first
+		applied int
+		first   error
+	)
+	sem := make(chan struct{}, pushWindow)
+	failed := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return first != nil
 	}
-	return applied, nil
+	for len(recs) > 0 && !failed() {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return applied, ctx.Err()
+		}
+		n := min(len(recs), s.cfg.Batch)
+		batch := recs[:n]
+		recs = recs[n:]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			resp, err := s.sendBatch(ctx, p, &wire.ReplicateReq{Records: batch})
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if first == nil {
+					first = err
+				}
+				return
+			}
+			applied += resp.Applied
+		}()
+	}
+	wg.Wait()
+	return applied, first
 }
 
 // digests folds the records that both self and peer should hold into
