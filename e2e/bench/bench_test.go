@@ -171,7 +171,7 @@ func params() benchParams {
 			regStep:     3 * time.Second, regHold: 10 * time.Second,
 			regRates:      []int{1000, 2000, 3000, 4000, 6000, 8000, 12000, 16000, 24000, 32000},
 			lookupRecords: 64, lookupDuration: 10 * time.Second, lookupLoadRate: 2000, lookupLoaders: 8, lookupMeasurers: 2,
-			turnAllocs: 1000, turnThrough: 32, turnStart: 10000, turnLimit: 640000, turnBisect: 2, turnTries: 2,
+			turnAllocs: 1000, turnThrough: 32, turnStart: 10000, turnLimit: 640000, turnBisect: 2, turnTries: 3,
 			turnStep: 3 * time.Second, turnHold: 10 * time.Second,
 		}
 	}

@@ -11,7 +11,7 @@ type Ramp struct {
 	// pass and the first failure.
 	Start, Limit, Bisect int
 	// Step and Hold are the durations of a ramp step and of the
-	// confirming run at the rate found (lowered by 15 % when it fails,
+	// confirming run at the rate found (lowered by 20 % when it fails,
 	// HoldTries runs at most).
 	Step, Hold time.Duration
 	HoldTries  int
@@ -53,7 +53,7 @@ func (l *Load) MaxRate(name string, c Ramp) (best Step, steps []Step) {
 		if s := run(rate, c.Hold); s.OK() {
 			return s, steps
 		}
-		rate = round2(rate * 85 / 100)
+		rate = round2(rate * 80 / 100)
 	}
 	return Step{}, steps
 }
