@@ -57,6 +57,9 @@ type Config struct {
 	Seed string
 	// PingEvery overrides the keepalive the super peer announced.
 	PingEvery time.Duration
+	// CurvePreferences, if set, replaces the key exchanges the agents
+	// offer (default: crypto/tls's, X25519MLKEM768 first).
+	CurvePreferences []tls.CurveID
 }
 
 // Agent is one attached session.
@@ -195,6 +198,7 @@ func (g *Generator) attachOne(ctx context.Context, i int) (*Agent, time.Duration
 		return nil, idt, err
 	}
 	tcfg := auth.ClientTLSConfig(&cert, g.cfg.Roots, host)
+	tcfg.CurvePreferences = g.cfg.CurvePreferences
 	nc, err := d.DialContext(ctx, "tcp", g.cfg.Addr)
 	if err != nil {
 		return nil, idt, fmt.Errorf("dial: %w", err)

@@ -2,6 +2,7 @@ package attachload
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"runtime"
 	"sort"
@@ -33,7 +34,8 @@ var categories = []struct{ name, frame string }{
 // peer with every allocation profiled, and reports the live bytes per
 // agent by what holds them: the answer to "where do the bytes go" beside
 // the real process's figures of TestBenchAttach. Smoke: 100 agents; full:
-// 2,000.
+// 2,000, then again with agents that offer X25519 only, to show what the
+// post-quantum key share costs a super peer.
 func TestBenchAttachBreakdown(t *testing.T) {
 	start := time.Now()
 	n := 100
@@ -44,10 +46,57 @@ func TestBenchAttachBreakdown(t *testing.T) {
 	runtime.MemProfileRate = 1
 	defer func() { runtime.MemProfileRate = old }()
 
+	var total int64
+	var rows []row
+	t.Run("default", func(t *testing.T) { total, rows = breakdown(t, n, nil) })
+	if t.Failed() {
+		return
+	}
+	lines := []string{fmt.Sprintf("live heap per idle attached agent on the super peer, profiled in process (%d agents; includes the super peer's fixed state spread over them): %.2f KiB",
+		n, float64(total)/float64(n)/1024)}
+	for _, r := range rows {
+		lines = append(lines, fmt.Sprintf("  %6.0f B  %s", float64(r.bytes)/float64(n), r.name))
+	}
+	lines = append(lines, "plus one parked watcher goroutine per agent (its stack, 2–4 KiB) and, in RSS, the GC's headroom over the live heap (GOGC=100: up to as much again)")
+	if report.Full() {
+		var x int64
+		var xrows []row
+		t.Run("x25519", func(t *testing.T) { x, xrows = breakdown(t, n, []tls.CurveID{tls.X25519}) })
+		for _, r := range xrows {
+			if r.name == categories[0].name {
+				lines = append(lines, fmt.Sprintf("with agents offering X25519 only (no post-quantum key share): %.2f KiB per agent, of it %.0f B TLS buffers",
+					float64(x)/float64(n)/1024, float64(r.bytes)/float64(n)))
+			}
+		}
+	}
+	for _, l := range lines {
+		t.Log(l)
+	}
+	if err := report.Emit(report.Fragment{
+		Source: "attach",
+		Results: []report.Result{report.Value("Scale of attach", "super peer live heap per idle agent, profiled (where the bytes go: see below)", "KiB",
+			float64(total)/float64(n)/1024)},
+		Lines:    lines,
+		Duration: time.Since(start),
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type row struct {
+	name  string
+	bytes int64
+}
+
+// breakdown attaches n agents offering curves (nil: the default) to a
+// fresh in-process super peer and returns the super peer's live heap
+// bytes, in total and by category, once every session is idle.
+func breakdown(t *testing.T, n int, curves []tls.CurveID) (int64, []row) {
 	o := harness.New(t)
 	o.Log = zerolog.Nop()
 	sp := o.Start()
-	g, err := New(Config{Addr: sp.Node.PeerAddr(), Overlay: o.Name, Secret: o.Secret, Roots: o.CA.Pool(), Agents: n}, zerolog.Nop())
+	g, err := New(Config{Addr: sp.Node.PeerAddr(), Overlay: o.Name, Secret: o.Secret, Roots: o.CA.Pool(), Agents: n,
+		CurvePreferences: curves}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,35 +152,12 @@ func TestBenchAttachBreakdown(t *testing.T) {
 		by[cat] += r.InUseBytes()
 		total += r.InUseBytes()
 	}
-	type row struct {
-		name  string
-		bytes int64
-	}
 	var rows []row
 	for k, v := range by {
 		rows = append(rows, row{k, v})
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].bytes > rows[j].bytes })
-	lines := []string{fmt.Sprintf("live heap per idle attached agent on the super peer, profiled in process (%d agents; includes the super peer's fixed state spread over them): %.2f KiB",
-		n, float64(total)/float64(n)/1024)}
-	for _, r := range rows {
-		lines = append(lines, fmt.Sprintf("  %6.0f B  %s", float64(r.bytes)/float64(n), r.name))
-	}
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	lines = append(lines, "plus one parked watcher goroutine per agent (its stack, 2–4 KiB) and, in RSS, the GC's headroom over the live heap (GOGC=100: up to as much again)")
-	for _, l := range lines {
-		t.Log(l)
-	}
-	if err := report.Emit(report.Fragment{
-		Source: "attach",
-		Results: []report.Result{report.Value("Scale of attach", "super peer live heap per idle agent, profiled (where the bytes go: see below)", "KiB",
-			float64(total)/float64(n)/1024)},
-		Lines:    lines,
-		Duration: time.Since(start),
-	}); err != nil {
-		t.Fatal(err)
-	}
+	return total, rows
 }
 
 // parkedReaders counts the link reader goroutines still running (not
