@@ -15,6 +15,7 @@ import (
 	"github.com/p2psip/p2psip/common/record"
 	"github.com/p2psip/p2psip/common/wire"
 	"github.com/p2psip/p2psip/e2e/bench/report"
+	"github.com/p2psip/p2psip/e2e/bench/spproc"
 	"github.com/p2psip/p2psip/e2e/harness"
 	"github.com/p2psip/p2psip/superpeer"
 )
@@ -85,6 +86,10 @@ func TestBenchHandoff(t *testing.T) {
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 
+	cpu0, err := spproc.CPU(0)
+	if err != nil {
+		t.Fatal(err)
+	}
 	joined := time.Now()
 	c := o.Start()
 	ready := time.Since(joined)
@@ -104,10 +109,15 @@ func TestBenchHandoff(t *testing.T) {
 		time.Sleep(2 * time.Millisecond)
 	}
 	all := time.Since(joined)
+	cpu1, err := spproc.CPU(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpu := cpu1 - cpu0
 	stream := all - first
 	rate := float64(n) / all.Seconds()
-	t.Logf("%d records: newcomer ready after %v, first record at %v, all at %v (%.0f records/s from the join, %.0f/s while streaming)",
-		n, ready.Round(time.Millisecond), first.Round(time.Millisecond), all.Round(time.Millisecond), rate, float64(n)/stream.Seconds())
+	t.Logf("%d records: newcomer ready after %v, first record at %v, all at %v (%.0f records/s from the join, %.0f/s while streaming); %v CPU",
+		n, ready.Round(time.Millisecond), first.Round(time.Millisecond), all.Round(time.Millisecond), rate, float64(n)/stream.Seconds(), cpu.Round(time.Millisecond))
 	per100k := all.Seconds() * 100000 / float64(n)
 
 	const section = "Rejoin/hand-off"
@@ -121,11 +131,12 @@ func TestBenchHandoff(t *testing.T) {
 			res,
 			report.Value(section, "hand-off rate, join to last record", "records/s", rate),
 			report.Value(section, "hand-off time for 100,000 records (at this rate)", "s", per100k).ValueAtMost(5),
+			report.Value(section, "hand-off CPU per 100,000 records (pushers and newcomer, join included)", "s", cpu.Seconds()*100000/float64(n)),
 		},
 		Lines: []string{
 			fmt.Sprintf("3 super peers in one process on loopback, replicas 3: the newcomer is a replica of all %d records; "+
-				"ready %v after start, first record at %v, last at %v", n, ready.Round(time.Millisecond),
-				first.Round(time.Millisecond), all.Round(time.Millisecond)),
+				"ready %v after start, first record at %v (the pushers learn of it by gossip), last at %v; %v CPU in all",
+				n, ready.Round(time.Millisecond), first.Round(time.Millisecond), all.Round(time.Millisecond), cpu.Round(time.Millisecond)),
 		},
 		Duration: time.Since(start),
 	}
