@@ -153,7 +153,7 @@ func params() benchParams {
 		mode: "smoke",
 		// Smoke: seconds in all, rates any loaded CI machine sustains.
 		callStep: 500 * time.Millisecond, callHold: 500 * time.Millisecond, callLatency: time.Second, callDirectHold: 500 * time.Millisecond,
-		callStart: 50, callLimit: 50, callBisect: 0, callHoldTries: 1, latencyRate: 50,
+		callStart: 50, callLimit: 50, callBisect: 0, callHoldTries: 0, latencyRate: 50,
 		regStep: time.Second, regHold: time.Second, regRates: []int{40},
 		lookupRecords: 16, lookupDuration: time.Second, lookupLoadRate: 100, lookupLoaders: 2, lookupMeasurers: 1,
 		turnAllocs: 8, turnThrough: 4, turnStart: 500, turnLimit: 1000, turnBisect: 0, turnTries: 1,
