@@ -183,8 +183,8 @@ func (r *Rig) run(tb testing.TB, rate int, d time.Duration, trace bool) Step {
 	}
 	if r.agents != nil {
 		after := r.counters()
-		res.Losses = fmt.Sprintf("; agents dropped %d, refused %d, tunnel errors %d",
-			after.Dropped-before.Dropped, after.Overload-before.Overload, after.TunnelErrors-before.TunnelErrors)
+		res.Losses = fmt.Sprintf("; agents dropped %d, refused %d, tunnel errors %d; process RSS %s",
+			after.Dropped-before.Dropped, after.Overload-before.Overload, after.TunnelErrors-before.TunnelErrors, rss())
 	}
 	var err error
 	if res.Stats, err = uac.Stats(); err != nil && res.Err == nil {
@@ -426,4 +426,19 @@ func traceLatencies(path string) ([]time.Duration, error) {
 	}
 	flush()
 	return out, sc.Err()
+}
+
+// rss is this process's resident set size (/proc/self/status VmRSS): an
+// overloaded overlay that queues without bound shows here.
+func rss() string {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "?"
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			return strings.Join(strings.Fields(v), " ")
+		}
+	}
+	return "?"
 }
