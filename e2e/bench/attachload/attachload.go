@@ -331,7 +331,9 @@ func (g *Generator) Keep(ctx context.Context) PingStats {
 		go func() {
 			defer wg.Done()
 			for a := range work {
-				pctx, cancel := context.WithTimeout(context.Background(), every)
+				// As an agent does, a ping may take up to a keepalive interval; a
+				// short one still gets seconds (a loaded CI host).
+				pctx, cancel := context.WithTimeout(context.Background(), max(every, 5*time.Second))
 				t0 := time.Now()
 				_, err := a.Conn.Request(pctx, wire.TypePing, &wire.Ping{})
 				cancel()
