@@ -45,8 +45,9 @@ func benchCalls(t *testing.T, p benchParams, sink *fragments) {
 		s := r.RunTraced(t, p.latencyRate, p.callLatency)
 		log.logf("%s latency: %v", r.Name, s)
 		lat[r.Name] = s
-		if !p.full && !s.OK() {
-			// At the smoke rate every call must pass, or the rig is broken.
+		if !p.full && !s.AllAnswered() {
+			// At the smoke rate every call must pass, or the rig is broken
+			// (not OK(): a loaded CI machine may answer late).
 			t.Errorf("%s at %d calls/s: %v", r.Name, p.latencyRate, s)
 		}
 	}
