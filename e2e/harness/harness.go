@@ -21,6 +21,7 @@ import (
 
 	"github.com/p2psip/p2psip/common/auth"
 	"github.com/p2psip/p2psip/common/client"
+	"github.com/p2psip/p2psip/common/logx"
 	"github.com/p2psip/p2psip/common/wire"
 	"github.com/p2psip/p2psip/superpeer"
 )
@@ -59,7 +60,10 @@ func New(t testing.TB) *Overlay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := &Overlay{T: t, Name: "example.net", Secret: secret, CA: ca, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel).With().Timestamp().Logger()}
+	o := &Overlay{T: t, Name: "example.net", Secret: secret, CA: ca, Log: logx.ForTest(t, zerolog.InfoLevel)}
+	// logx.ForTest's cleanup, registered above, runs after stopAll: the
+	// overlay's shutdown is logged, and what memberlist's timers log later
+	// is dropped instead of panicking the test binary.
 	t.Cleanup(o.stopAll)
 	return o
 }

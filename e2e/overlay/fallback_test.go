@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
+
 	"github.com/p2psip/p2psip/common/record"
 	"github.com/p2psip/p2psip/common/wire"
 	"github.com/p2psip/p2psip/e2e/harness"
@@ -326,5 +328,69 @@ func TestTURNFallbackPeerRecord(t *testing.T) {
 		after.Lookups-before.Lookups, after.Timeouts-before.Timeouts, after.RelayedOut-before.RelayedOut)
 	if after.Lookups == before.Lookups || after.RelayedOut-before.RelayedOut < 3 {
 		t.Errorf("want a peer-record lookup and at least 3 relayed messages")
+	}
+}
+
+// TestTURNFallbackDeadRelay: a timeout is only a hint. Alice's agent
+// treats every request as unanswered after 1 ms (RelayAfter), so each one
+// also gets a copy sent to bob's relayed address — which is dead: the
+// super peer holding bob's allocation is gone. The overlay path works, so
+// every call still completes, bob's phone sees each INVITE once, and bob
+// never becomes "sticky" (reached only through the relays): nothing of
+// his came back through them.
+func TestTURNFallbackDeadRelay(t *testing.T) {
+	o := harness.New(t)
+	o.Tune = func(c *superpeer.Config) { c.TURNAllowLoopback = true }
+	sps := []*harness.SP{o.Start(), o.Start(), o.Start()}
+	o.WaitConverged(15 * time.Second)
+	b := attachAgent(t, o, "bob", sps[1])
+	var bobRelay string
+	harness.Eventually(t, 15*time.Second, func() error {
+		if st := b.Status().Relay; st != nil && st.Addr != "" {
+			bobRelay = st.Server
+			return nil
+		}
+		return fmt.Errorf("bob has no TURN allocation")
+	})
+	// Alice on the super peer that does not hold bob's allocation; the
+	// one that does goes away once bob's contact (with his relayed
+	// address) is registered.
+	var aliceSP, relaySP *harness.SP
+	for _, sp := range []*harness.SP{sps[0], sps[2]} {
+		if sp.Node.TURNAddr() == bobRelay {
+			relaySP = sp
+		} else {
+			aliceSP = sp
+		}
+	}
+	if relaySP == nil {
+		t.Fatalf("bob's allocation on %s, which is none of the other super peers", bobRelay)
+	}
+	cfg := o.AgentConfig("alice", aliceSP)
+	cfg.RelayAfter = time.Millisecond
+	a := o.RunAgent("alice", cfg)
+	alice := agentPhone(t, o, "alice", "alice", a)
+	bob := agentPhone(t, o, "bob", "bob", b)
+	phone.MustRegister(t, alice)
+	phone.MustRegister(t, bob)
+	// Bob's phone is slow to ring, so his INVITEs outlast the sweep of
+	// alice's pending requests.
+	answer := phone.Answer(20*time.Millisecond, 200)
+	bob.SetBehaviour(func(p *phone.Phone, req *sip.Request, tx sip.ServerTransaction) {
+		time.Sleep(100 * time.Millisecond)
+		answer(p, req, tx)
+	})
+	o.Kill(relaySP)
+
+	for range 5 {
+		callAndCheck(t, alice, a, bob, b, 3)
+	}
+	st := a.Status().Relay
+	t.Logf("alice's agent: timeouts %d, relayed out %d, overlay out %d, sticky %d", st.Timeouts, st.RelayedOut, st.OverlayOut, st.Sticky)
+	if st.Timeouts == 0 {
+		t.Error("no request timed out: the test did not exercise the relay copies")
+	}
+	if st.Sticky != 0 {
+		t.Errorf("%d destinations sticky to a relay path nothing came back on", st.Sticky)
 	}
 }

@@ -5,16 +5,15 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
-	"io"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/p2psip/p2psip/common/ids"
+	"github.com/p2psip/p2psip/common/logx"
 	"github.com/p2psip/p2psip/common/record"
 	"github.com/p2psip/p2psip/common/wire"
 	"github.com/p2psip/p2psip/e2e/harness"
@@ -49,9 +48,9 @@ func promotableAgent(t *testing.T, o *harness.Overlay, user string, sp *harness.
 	// memberlist does not join its goroutines on shutdown: a probe under
 	// way may still log after the test ended, which testing turns into a
 	// panic. The promoted super peer's log is cut off once the test is done.
-	gw := &gatedWriter{w: zerolog.NewTestWriter(t)}
-	t.Cleanup(gw.close) // registered before the agent's: runs after its stop
-	log := zerolog.New(gw).Level(zerolog.InfoLevel).With().Timestamp().Str("agent", user).Logger()
+	// logx.ForTest's cleanup is registered before the agent's: it runs
+	// after its stop.
+	log := logx.ForTest(t, zerolog.InfoLevel).With().Str("agent", user).Logger()
 	pn, err := promoted.New(promoted.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Template: tmpl, LeaveTimeout: 2 * time.Second}, log)
 	if err != nil {
 		t.Fatal(err)
@@ -371,26 +370,4 @@ func sipSockets(t *testing.T) (net.PacketConn, net.Listener) {
 	}
 	t.Fatal("no free UDP+TCP port pair on 127.0.0.1")
 	return nil, nil
-}
-
-// gatedWriter drops writes once closed.
-type gatedWriter struct {
-	mu     sync.RWMutex // guards closed; held by writers while they write
-	w      io.Writer
-	closed bool
-}
-
-func (g *gatedWriter) Write(p []byte) (int, error) {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	if g.closed {
-		return len(p), nil
-	}
-	return g.w.Write(p)
-}
-
-func (g *gatedWriter) close() {
-	g.mu.Lock()
-	g.closed = true
-	g.mu.Unlock()
 }

@@ -14,6 +14,7 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -225,13 +226,22 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) listen() (net.PacketConn, net.Listener, error) {
 	udp, tcp := a.cfg.SIPUDP, a.cfg.SIPTCP
 	if udp == nil && tcp == nil {
-		var err error
-		if udp, err = net.ListenPacket("udp", a.cfg.SIPListen); err != nil {
-			return nil, nil, fmt.Errorf("agent: sip udp: %w", err)
-		}
-		if tcp, err = net.Listen("tcp", udp.LocalAddr().String()); err != nil {
-			udp.Close()
-			return nil, nil, fmt.Errorf("agent: sip tcp: %w", err)
+		_, port, _ := net.SplitHostPort(a.cfg.SIPListen)
+		// With port 0 the UDP port is the kernel's pick, and a TCP socket
+		// may hold the same number: pick again rather than fail.
+		for try := 0; ; try++ {
+			var err error
+			if udp, err = net.ListenPacket("udp", a.cfg.SIPListen); err != nil {
+				return nil, nil, fmt.Errorf("agent: sip udp: %w", err)
+			}
+			if tcp, err = net.Listen("tcp", udp.LocalAddr().String()); err != nil {
+				udp.Close()
+				if port == "0" && errors.Is(err, syscall.EADDRINUSE) && try < 20 {
+					continue
+				}
+				return nil, nil, fmt.Errorf("agent: sip tcp: %w", err)
+			}
+			break
 		}
 	}
 	if uc, ok := udp.(*net.UDPConn); ok {
@@ -265,6 +275,9 @@ func (a *Agent) tunnel(f *wire.Frame) {
 		a.router.PeerGone(f.Src)
 		return
 	}
+	// The overlay path from f.Src works: stop sending to it through the
+	// relays (TURN fallback).
+	a.send.unstick(f.Src)
 	if a.send.inbound(f.Src, f.Body) { // TURN fallback: answers, duplicates
 		a.router.Deliver(f.Src, f.Via, f.Hops, f.Body)
 	}

@@ -8,6 +8,15 @@ package agent
 // or, for a request, when no response from its destination arrives within
 // Config.RelayAfter (a silently cut link between super peers returns no
 // error frame: the forwarding super peer's TLS write just buffers).
+//
+// Neither path is trusted blindly: a destination is reached through the
+// relays only ("sticky") once the overlay said it is unreachable or
+// something of it came back through the relays, and goes back to the
+// overlay when a frame of it arrives over the overlay or a request sent
+// through the relays gets no answer there. A timed-out request gets at
+// most maxTries copies, alternating paths; the callee's agent absorbs
+// the duplicates. So a slow callee or a relay that cannot reach the other
+// costs a few duplicates, not calls.
 
 import (
 	"context"
@@ -64,6 +73,12 @@ const (
 	// lookupTimeout bounds reading a destination's peer record for its
 	// relayed address.
 	lookupTimeout = 2 * time.Second
+	// maxTries bounds the copies of one request the timeout fallback
+	// sends, alternating paths (overlay, relays, overlay, ...): a path that
+	// merely looked dead (an overloaded callee) or a relay path that does
+	// not work (a relay that cannot reach the other) costs a few
+	// duplicates, which the callee's agent absorbs, never a black hole.
+	maxTries = 4
 )
 
 // RelayStatus is the "relay" section of the agent's status.
@@ -88,6 +103,10 @@ type pendingReq struct {
 	dst     ids.PeerID
 	payload []byte
 	at      time.Time
+	// relayed: this copy went through the relays; tries counts the
+	// copies sent (bounded by maxTries).
+	relayed bool
+	tries   int
 }
 
 // seenKey is one inbound request: its sender and transaction key.
@@ -121,6 +140,8 @@ type sender struct {
 	mu     sync.Mutex
 	relays map[ids.PeerID]string    // destination → its relayed address
 	sticky map[ids.PeerID]time.Time // destination → use relay until
+	// nsticky is len(sticky), read without the lock on every inbound frame.
+	nsticky atomic.Int64
 	// noRelay: destinations whose peer record named no relayed address,
 	// until when that answer stands.
 	noRelay map[ids.PeerID]time.Time
@@ -185,6 +206,7 @@ func (s *sender) relayFor(dst ids.PeerID, now time.Time) (string, bool) {
 	until, ok := s.sticky[dst]
 	if ok && now.After(until) {
 		delete(s.sticky, dst)
+		s.nsticky.Store(int64(len(s.sticky)))
 		ok = false
 	}
 	return s.relays[dst], ok
@@ -193,6 +215,19 @@ func (s *sender) relayFor(dst ids.PeerID, now time.Time) (string, bool) {
 func (s *sender) stick(dst ids.PeerID, now time.Time) {
 	s.mu.Lock()
 	s.sticky[dst] = now.Add(stickyFor)
+	s.nsticky.Store(int64(len(s.sticky)))
+	s.mu.Unlock()
+}
+
+// unstick sends to dst over the overlay again: something came from dst
+// over it, or a request sent through the relays got no answer there.
+func (s *sender) unstick(dst ids.PeerID) {
+	if s.nsticky.Load() == 0 {
+		return
+	}
+	s.mu.Lock()
+	delete(s.sticky, dst)
+	s.nsticky.Store(int64(len(s.sticky)))
 	s.mu.Unlock()
 }
 
@@ -207,9 +242,14 @@ func (s *sender) SendTunnel(dst, hint ids.PeerID, payload []byte) error {
 	if ok && !isReq {
 		s.sentResponse(dst, key, payload)
 	}
+	// ACK has no response to wait for; responses are not tracked.
+	track := s.after > 0 && ok && isReq && method != "ACK"
 	addr, sticky := s.relayFor(dst, now)
 	if addr != "" && sticky {
 		if err := s.viaRelay(dst, addr, payload); err == nil {
+			if track {
+				s.track(key, pendingReq{dst: dst, payload: payload, at: now, relayed: true, tries: 1})
+			}
 			return nil
 		}
 	}
@@ -229,8 +269,6 @@ func (s *sender) SendTunnel(dst, hint ids.PeerID, payload []byte) error {
 		return err
 	}
 	s.overlayOut.Add(1)
-	// ACK has no response to wait for; responses are not tracked.
-	track := s.after > 0 && isReq && method != "ACK"
 	s.mu.Lock()
 	s.recent = append(s.recent, sentPayload{txid: txid, dst: dst, payload: payload, at: now})
 	// This runs for every tunnel message: drop expired entries in bulk once
@@ -240,15 +278,22 @@ func (s *sender) SendTunnel(dst, hint ids.PeerID, payload []byte) error {
 	if i > 0 && i >= len(s.recent)/2 {
 		s.recent = append(s.recent[:0], s.recent[i:]...)
 	}
-	if ok && track && len(s.pending) < maxPending {
-		// A retransmission (same key) keeps the first send time.
-		if _, dup := s.pending[key]; !dup {
-			s.pending[key] = pendingReq{dst: dst, payload: payload, at: now}
-			s.npending.Store(int64(len(s.pending)))
-		}
+	s.mu.Unlock()
+	if track {
+		s.track(key, pendingReq{dst: dst, payload: payload, at: now, tries: 1})
+	}
+	return nil
+}
+
+// track adds a request to the pending list (a retransmission, same key,
+// keeps the first send time).
+func (s *sender) track(key string, p pendingReq) {
+	s.mu.Lock()
+	if _, dup := s.pending[key]; !dup && len(s.pending) < maxPending {
+		s.pending[key] = p
+		s.npending.Store(int64(len(s.pending)))
 	}
 	s.mu.Unlock()
-	return nil
 }
 
 // inbound looks at a message from src (over the overlay or the relays)
@@ -356,13 +401,23 @@ func (s *sender) failed(dst ids.PeerID, txid uint64) bool {
 		return false
 	}
 	s.settle(payload)
+	p := keyed{pendingReq: pendingReq{dst: dst, payload: payload, at: now, tries: 1}}
+	if key, isReq, method, ok := txKey(payload); ok && isReq && method != "ACK" && s.after > 0 {
+		p.key = key // tracked on the relay path: no answer there → overlay again
+	}
 	if addr == "" {
-		return s.resendLater(dst, [][]byte{payload}, "error frame", true)
+		return s.resendLater(dst, []keyed{p}, "error frame", true)
 	}
 	if err := s.viaRelay(dst, addr, payload); err != nil {
 		s.a.log.Debug().Err(err).Str("peer_id", dst.Short()).Msg("relay fallback")
 		return false
 	}
+	if p.key != "" {
+		s.retrack(p, true)
+	}
+	// The overlay said dst is unreachable: until something says
+	// otherwise (a frame from dst over it, or no answer on the relays),
+	// the relays are the way to dst.
 	s.stick(dst, now)
 	s.a.log.Info().Str("peer_id", dst.Short()).Str("relay", addr).Msg("overlay path failed: sent through the TURN relays")
 	return true
@@ -376,7 +431,7 @@ func (s *sender) failed(dst ids.PeerID, txid uint64) bool {
 // slow answer may still come: a super peer's SIP edge, which has no
 // relay, behind a lossy phone). It returns false if it could not start
 // (the agent is stopping).
-func (s *sender) resendLater(dst ids.PeerID, payloads [][]byte, why string, gone bool) bool {
+func (s *sender) resendLater(dst ids.PeerID, payloads []keyed, why string, gone bool) bool {
 	s.bgMu.Lock()
 	if s.stopped {
 		s.bgMu.Unlock()
@@ -395,22 +450,27 @@ func (s *sender) resendLater(dst ids.PeerID, payloads [][]byte, why string, gone
 			return
 		}
 		s.resend(dst, addr, payloads, why)
+		if gone {
+			s.stick(dst, time.Now())
+		}
 	}()
 	return true
 }
 
-// resend sends payloads to dst's relayed address and makes dst sticky.
-func (s *sender) resend(dst ids.PeerID, addr string, payloads [][]byte, why string) {
+// resend sends requests to dst's relayed address and tracks them there.
+func (s *sender) resend(dst ids.PeerID, addr string, ps []keyed, why string) {
 	sent := 0
-	for _, p := range payloads {
-		if err := s.viaRelay(dst, addr, p); err != nil {
+	for _, p := range ps {
+		if err := s.viaRelay(dst, addr, p.payload); err != nil {
 			s.a.log.Debug().Err(err).Str("peer_id", dst.Short()).Msg("relay fallback")
 			continue
 		}
 		sent++
+		if p.key != "" {
+			s.retrack(p, true)
+		}
 	}
 	if sent > 0 {
-		s.stick(dst, time.Now())
 		s.a.log.Info().Str("peer_id", dst.Short()).Str("relay", addr).Int("messages", sent).Str("why", why).
 			Msg("overlay path failed: sent through the TURN relays")
 	}
@@ -498,33 +558,61 @@ func (s *sender) runTimeouts(ctx context.Context) error {
 	}
 }
 
+// keyed is a pending request with its transaction key.
+type keyed struct {
+	key string
+	pendingReq
+}
+
 // sweep takes the requests older than s.after off the pending list and
-// re-sends them through the relays, grouped by destination.
+// sends another copy on the other path: a copy that went over the
+// overlay goes through the relays (grouped by destination: one relayed
+// address lookup each), one that went through the relays goes over the
+// overlay and the destination stops being sticky. A request is re-tracked
+// until maxTries copies went out. A destination becomes sticky only when
+// something of it comes back through the relays (newRelay's Deliver).
 func (s *sender) sweep(now time.Time) {
 	if s.npending.Load() == 0 {
 		return
 	}
-	byDst := map[ids.PeerID][][]byte{}
+	toRelay := map[ids.PeerID][]keyed{}
+	var toOverlay []keyed
 	s.mu.Lock()
 	for k, p := range s.pending {
-		if now.Sub(p.at) >= s.after {
-			byDst[p.dst] = append(byDst[p.dst], p.payload)
-			delete(s.pending, k)
+		if now.Sub(p.at) < s.after {
+			continue
+		}
+		delete(s.pending, k)
+		if p.relayed {
+			toOverlay = append(toOverlay, keyed{k, p})
+		} else {
+			toRelay[p.dst] = append(toRelay[p.dst], keyed{k, p})
 		}
 	}
-	// The path to those destinations is deemed broken: their younger
-	// requests go through the relays now too instead of each waiting out
-	// the bound (at 20 calls/s, 30 INVITEs are under way in 1.5 s).
+	// The overlay path to those destinations is deemed broken: their
+	// younger requests go through the relays now too instead of each
+	// waiting out the bound (at 20 calls/s, 30 INVITEs are under way in
+	// 1.5 s).
 	for k, p := range s.pending {
-		if ps, broken := byDst[p.dst]; broken {
-			byDst[p.dst] = append(ps, p.payload)
+		if ps, broken := toRelay[p.dst]; broken && !p.relayed {
+			toRelay[p.dst] = append(ps, keyed{k, p})
 			delete(s.pending, k)
 		}
 	}
 	s.npending.Store(int64(len(s.pending)))
 	s.mu.Unlock()
+	for _, p := range toOverlay {
+		s.timeouts.Add(1)
+		s.unstick(p.dst)
+		if _, err := s.a.up.SendTunnelTx(p.dst, ids.PeerID{}, p.payload); err != nil {
+			s.a.log.Debug().Err(err).Str("peer_id", p.dst.Short()).Msg("relayed request unanswered; overlay copy failed too")
+			continue
+		}
+		s.overlayOut.Add(1)
+		s.retrack(p, false)
+	}
 	why := "no response within " + s.after.String()
-	for dst, ps := range byDst {
+	for dst, ps := range toRelay {
 		s.timeouts.Add(uint64(len(ps)))
 		s.mu.Lock()
 		addr := s.relays[dst]
@@ -535,6 +623,18 @@ func (s *sender) sweep(now time.Time) {
 		}
 		s.resend(dst, addr, ps, why)
 	}
+}
+
+// retrack puts a request whose copy just went out back on the pending
+// list, unless it has had its copies.
+func (s *sender) retrack(p keyed, relayed bool) {
+	if p.tries >= maxTries {
+		return
+	}
+	p.tries++
+	p.relayed = relayed
+	p.at = time.Now()
+	s.track(p.key, p.pendingReq)
 }
 
 func (s *sender) status() RelayStatus {

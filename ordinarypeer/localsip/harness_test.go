@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"strconv"
@@ -16,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/p2psip/p2psip/common/ids"
+	"github.com/p2psip/p2psip/common/logx"
 	"github.com/p2psip/p2psip/common/record"
 	"github.com/p2psip/p2psip/common/registrar"
 	"github.com/p2psip/p2psip/common/siproute"
@@ -34,32 +34,7 @@ func testLevel() zerolog.Level {
 
 // testLog sends logs to t until the test is over; later lines (from
 // library goroutines still winding down) are dropped instead of panicking.
-func testLog(t testing.TB) zerolog.Logger {
-	w := &guardedWriter{w: zerolog.NewTestWriter(t)}
-	t.Cleanup(w.close)
-	return zerolog.New(w).Level(testLevel()).With().Timestamp().Logger()
-}
-
-type guardedWriter struct {
-	mu     sync.Mutex
-	w      io.Writer
-	closed bool
-}
-
-func (g *guardedWriter) Write(p []byte) (int, error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.closed {
-		return len(p), nil
-	}
-	return g.w.Write(p)
-}
-
-func (g *guardedWriter) close() {
-	g.mu.Lock()
-	g.closed = true
-	g.mu.Unlock()
-}
+func testLog(t testing.TB) zerolog.Logger { return logx.ForTest(t, testLevel()) }
 
 // overlayNet is the in-memory overlay: a location store and tunnels
 // between the agents that count hops as the real one would (2 hops when
