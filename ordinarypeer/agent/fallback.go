@@ -12,11 +12,10 @@ package agent
 // Neither path is trusted blindly: a destination is reached through the
 // relays only ("sticky") once the overlay said it is unreachable or
 // something of it came back through the relays, and goes back to the
-// overlay when a frame of it arrives over the overlay or a request sent
-// through the relays gets no answer there. A timed-out request gets at
-// most maxTries copies, alternating paths; the callee's agent absorbs
-// the duplicates. So a slow callee or a relay that cannot reach the other
-// costs a few duplicates, not calls.
+// overlay when a frame of it arrives over the overlay. A timed-out
+// request gets at most maxTries copies, alternating paths; the callee's
+// agent absorbs the duplicates. So a slow callee, or a relay that cannot
+// reach the other, costs a few duplicates, not calls.
 
 import (
 	"context"
@@ -220,7 +219,7 @@ func (s *sender) stick(dst ids.PeerID, now time.Time) {
 }
 
 // unstick sends to dst over the overlay again: something came from dst
-// over it, or a request sent through the relays got no answer there.
+// over it.
 func (s *sender) unstick(dst ids.PeerID) {
 	if s.nsticky.Load() == 0 {
 		return
@@ -568,9 +567,11 @@ type keyed struct {
 // sends another copy on the other path: a copy that went over the
 // overlay goes through the relays (grouped by destination: one relayed
 // address lookup each), one that went through the relays goes over the
-// overlay and the destination stops being sticky. A request is re-tracked
-// until maxTries copies went out. A destination becomes sticky only when
-// something of it comes back through the relays (newRelay's Deliver).
+// overlay. A request is re-tracked until maxTries copies went out. A
+// destination becomes sticky only when the overlay said it is
+// unreachable or something of it came back through the relays (newRelay's
+// Deliver), and stops being so when a frame of it arrives over the
+// overlay (Agent.tunnel) or stickyFor passes without relayed traffic.
 func (s *sender) sweep(now time.Time) {
 	if s.npending.Load() == 0 {
 		return
@@ -602,8 +603,11 @@ func (s *sender) sweep(now time.Time) {
 	s.npending.Store(int64(len(s.pending)))
 	s.mu.Unlock()
 	for _, p := range toOverlay {
+		// The destination stays sticky: one slow answer says little about
+		// the path, and flipping it would send everything else into the
+		// overlay that may well be cut (the netns scenario 3 lost calls
+		// that way). This one request gets its copy over the overlay.
 		s.timeouts.Add(1)
-		s.unstick(p.dst)
 		if _, err := s.a.up.SendTunnelTx(p.dst, ids.PeerID{}, p.payload); err != nil {
 			s.a.log.Debug().Err(err).Str("peer_id", p.dst.Short()).Msg("relayed request unanswered; overlay copy failed too")
 			continue
