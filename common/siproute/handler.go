@@ -93,9 +93,13 @@ func (r *Router) handleRequest(req *sip.Request, tx sip.ServerTransaction, from 
 // handleAck forwards an ACK for a 2xx statelessly: it is a request of its
 // own routed by its Route set (RFC 3261 §13.2.2.4), never a transaction.
 // An ACK for a non-2xx response matched its INVITE transaction in sipgo
-// and never gets here.
+// and never gets here. The ACK is changed in place, not cloned: the
+// server transaction sipgo opens for it has no timer reading it and only
+// compares a retransmission's method with it; Admit sees it with our
+// Route entries removed and Max-Forwards decremented, its Request-URI
+// and credentials untouched.
 func (r *Router) handleAck(req *sip.Request, from origin) {
-	in := req.Clone()
+	in := req
 	if d := checkRequest(in); d.code != 0 {
 		return
 	}
