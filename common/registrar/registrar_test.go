@@ -148,6 +148,19 @@ func TestEdgeMode(t *testing.T) {
 	if _, _, ok := g.Flow("sip:192.168.1.10:5060"); ok {
 		t.Error("an ambiguous contact was given a flow")
 	}
+	// FlowURI, the router's way in, answers as Flow does.
+	for _, s := range []string{"sip:alice@192.168.1.10:5060;ob", "sip:alice@192.168.1.10", "sip:192.168.1.10:5060",
+		"sip:carol@192.168.1.10:5060;transport=tcp", "sip:198.51.100.7:40000", "sips:alice@192.168.1.10", "sip:nobody@192.0.2.9"} {
+		var u sip.Uri
+		if err := sip.ParseUri(s, &u); err != nil {
+			t.Fatal(err)
+		}
+		tp, addr, ok := g.Flow(s)
+		tp2, addr2, ok2 := g.FlowURI(&u)
+		if tp != tp2 || addr != addr2 || ok != ok2 {
+			t.Errorf("%s: Flow %s %s %v, FlowURI %s %s %v", s, tp, addr, ok, tp2, addr2, ok2)
+		}
+	}
 
 	// Carol's TCP connection closes: her binding and only hers goes.
 	if n := g.DropFlow("TCP", "203.0.113.9:50000"); n != 1 {

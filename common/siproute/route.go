@@ -110,7 +110,7 @@ func (r *Router) route(ctx context.Context, in *sip.Request, from origin) decisi
 		return r.routeNext(&rt.Address)
 	}
 	uri := &in.Recipient
-	if tp, addr, ok := r.cfg.Local.Flow(uri.String()); ok {
+	if tp, addr, ok := r.localFlow(uri); ok {
 		return decision{targets: []target{{transport: tp, addr: addr}}, to: ToLocal}
 	}
 	if r.inOverlay(uri) {
@@ -129,6 +129,14 @@ func (r *Router) route(ctx context.Context, in *sip.Request, from origin) decisi
 		return reject(404, "Not Found")
 	}
 	return reject(403, "Forbidden")
+}
+
+// localFlow asks Config.Local about a URI, parsed if it can take one.
+func (r *Router) localFlow(u *sip.Uri) (transport, addr string, ok bool) {
+	if l, can := r.cfg.Local.(URILocal); can {
+		return l.FlowURI(u)
+	}
+	return r.cfg.Local.Flow(u.String())
 }
 
 // isOwn reports whether a Route (or Request-URI) names this node.
@@ -206,7 +214,7 @@ func (r *Router) lookup(ctx context.Context, uri *sip.Uri, from origin) decision
 		t := target{uri: u}
 		switch {
 		case c.PeerID == r.cfg.Self || (c.PeerID.IsZero() && c.SP == r.cfg.Self):
-			tp, addr, ok := r.cfg.Local.Flow(c.URI)
+			tp, addr, ok := r.localFlow(u)
 			if !ok {
 				continue // stale: the phone's binding expired here
 			}

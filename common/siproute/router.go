@@ -46,6 +46,12 @@ type Local interface {
 	Flow(contactURI string) (transport, addr string, ok bool)
 }
 
+// URILocal is what a Local may implement as well: Flow for a URI the
+// router has parsed already, sparing a print and a parse per request.
+type URILocal interface {
+	FlowURI(u *sip.Uri) (transport, addr string, ok bool)
+}
+
 // Config configures a Router. Interfaces are called concurrently from SIP
 // handler goroutines.
 type Config struct {
