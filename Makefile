@@ -47,12 +47,13 @@ e2e: deps
 
 ## bench: issue 7's report (calls, REGISTER, lookup, attach, failover, hand-off, TURN, each beside its reference) plus `go test -bench` of every package, in e2e/bench/results/latest (~15 min on 2 cores)
 bench: deps
-	@frag=$$(mktemp -d); trap 'rm -rf "$$frag"' EXIT; status=0; \
+	@frag=$$(mktemp -d); trap 'rm -rf "$$frag"' EXIT; status=0; load="$$(cut -d' ' -f1-3 /proc/loadavg)"; \
 	echo "go test -p 1 -run '^TestBench' ./... (P2PSIP_BENCH=full, fragments in $$frag)"; \
 	P2PSIP_BENCH=full P2PSIP_BENCH_OUT="$$frag" go test -p 1 -count=1 -run '^TestBench' -timeout 40m ./... || status=$$?; \
 	{ echo "commit: $(VERSION)"; go test -p 1 -count=1 -run '^$$' -bench . -benchmem -timeout 20m ./... 2>&1 | grep -v '^ *testlog.go:'; } \
 	  | tee "$$frag/gobench.txt" || status=$$?; \
-	go run ./e2e/bench/report/assemble -in "$$frag" -out $(BENCH_OUT) -gobench "$$frag/gobench.txt" || status=$$?; \
+	go run ./e2e/bench/report/assemble -in "$$frag" -out $(BENCH_OUT) -gobench "$$frag/gobench.txt" -commit "$(VERSION)" \
+	  -note "Load average (1, 5, 15 min) when the run started: $$load; above about 1 other work shared the cores and the figures are noisy." || status=$$?; \
 	exit $$status
 
 ## fuzz: every Fuzz target of every package for FUZZTIME (default 10s) each

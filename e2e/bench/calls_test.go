@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"fmt"
 	"regexp"
 	"slices"
 	"testing"
@@ -116,7 +117,7 @@ func benchCalls(t *testing.T, p benchParams, sink *fragments) {
 		if bo.CPU > 0 && bk.CPU > 0 {
 			r.Note += " CPU per call at the rate found: overlay " + bo.CPU.Round(time.Microsecond).String() + ", Kamailio " + bk.CPU.Round(time.Microsecond).String() + "."
 		}
-		r.Note += unconfirmed("overlay", bo, ro) + unconfirmed("Kamailio", bk, rk)
+		r.Note += unconfirmed("overlay", bo, ro) + unconfirmed("Kamailio", bk, rk) + memory(lo, so)
 		if r.Pass != nil && !*r.Pass {
 			r.Note += " " + short
 		}
@@ -183,4 +184,19 @@ func benchCalls(t *testing.T, p benchParams, sink *fragments) {
 		}
 	}
 	sink.emit(t, report.Fragment{Source: "calls", Results: rs, Series: series, Lines: log.all(), Duration: time.Since(start)})
+}
+
+// memory says how the overlay's resident set grew over its steps, when it
+// more than doubled: overload that leaves memory behind (GC work for
+// every later step).
+func memory(first calls.Step, steps []calls.Step) string {
+	peak := 0
+	for _, s := range steps {
+		peak = max(peak, s.RSSKiB)
+	}
+	if first.RSSKiB == 0 || peak < 2*first.RSSKiB {
+		return ""
+	}
+	return fmt.Sprintf(" The process's RSS grew from %d MiB (after the latency run) to %d MiB over the ramp and its holds: overloaded steps leave memory behind, and every later step pays for it in GC.",
+		first.RSSKiB/1024, peak/1024)
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"regexp"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,6 +87,12 @@ func benchRegister(t *testing.T, p benchParams, sink *fragments) {
 		bk, sk = kl.Ramp(t, p.regRates, p.regStep, p.regHold, log.logf)
 		r = report.Compare(secRegister, name, "REGISTER/s", float64(be.Rate), float64(bk.Rate), refName).AtLeast(0.5)
 		r.Note = "Each registration is REGISTER, 401, REGISTER with credentials, 200 (SIPp, " + itoa(8) + " users); rates stepped, the best held for " + p.regHold.String() + "."
+		for _, st := range se {
+			if st.Err != nil && strings.Contains(st.Err.Error(), "503 Service Unavailable") {
+				r.Note += " The edge's first failures were its own 503s (--sip-max-inflight overload control), at " + itoa(st.Rate) + " REGISTER/s."
+				break
+			}
+		}
 		if r.Pass != nil && !*r.Pass {
 			r.Note += " Bottleneck: the edge's CPU per registration (digest check, then a quorum write to 2 of 3 replicas over the peer protocol; all three super peers and SIPp share 2 cores). " + shares
 		}

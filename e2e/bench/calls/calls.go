@@ -108,6 +108,8 @@ type Step struct {
 	// Losses sums the agents' counters of payloads dropped, requests
 	// refused for overload and tunnel send errors during the run.
 	Losses string
+	// RSSKiB is this process's resident set after the run (overlay only).
+	RSSKiB int
 }
 
 // OK says every call succeeded and the answers kept up with the offered
@@ -188,8 +190,9 @@ func (r *Rig) run(tb testing.TB, rate int, d time.Duration, trace bool) Step {
 	}
 	if r.agents != nil {
 		after := r.counters()
-		res.Losses = fmt.Sprintf("; agents dropped %d, refused %d, tunnel errors %d; process RSS %s",
-			after.Dropped-before.Dropped, after.Overload-before.Overload, after.TunnelErrors-before.TunnelErrors, rss())
+		res.RSSKiB = rssKiB()
+		res.Losses = fmt.Sprintf("; agents dropped %d, refused %d, tunnel errors %d; process RSS %d MiB",
+			after.Dropped-before.Dropped, after.Overload-before.Overload, after.TunnelErrors-before.TunnelErrors, res.RSSKiB/1024)
 	}
 	var err error
 	if res.Stats, err = uac.Stats(); err != nil && res.Err == nil {
@@ -433,17 +436,19 @@ func traceLatencies(path string) ([]time.Duration, error) {
 	return out, sc.Err()
 }
 
-// rss is this process's resident set size (/proc/self/status VmRSS): an
-// overloaded overlay that queues without bound shows here.
-func rss() string {
+// rssKiB is this process's resident set size (/proc/self/status VmRSS,
+// 0 if unknown): an overloaded overlay that queues without bound shows
+// here.
+func rssKiB() int {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
-		return "?"
+		return 0
 	}
 	for _, l := range strings.Split(string(b), "\n") {
 		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			return strings.Join(strings.Fields(v), " ")
+			n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return n
 		}
 	}
-	return "?"
+	return 0
 }

@@ -36,6 +36,8 @@ type Report struct {
 	Plots []string `json:"plots,omitempty"`
 	// GoBench is the file holding `go test -bench` of every package, if any.
 	GoBench string `json:"go_bench,omitempty"`
+	// Notes are lines shown under the header.
+	Notes []string `json:"notes,omitempty"`
 }
 
 // Results lists the results of every fragment in order.
@@ -62,6 +64,12 @@ type Options struct {
 	Order []string
 	// Now is the report's date (default time.Now).
 	Now time.Time
+	// Commit, if set, is the commit measured (default: git describe now;
+	// set it when the tree may change while the benchmarks run).
+	Commit string
+	// Notes are lines printed under the report's header (e.g. the load
+	// average when the run started).
+	Notes []string
 }
 
 // DefaultOrder is the order of issue 7's sections.
@@ -95,7 +103,10 @@ func Assemble(o Options) (string, error) {
 	if o.Now.IsZero() {
 		o.Now = time.Now()
 	}
-	rep := &Report{Machine: Describe(o.Now), Fragments: frags}
+	rep := &Report{Machine: Describe(o.Now), Fragments: frags, Notes: o.Notes}
+	if o.Commit != "" {
+		rep.Machine.Commit = o.Commit
+	}
 	// The mode is the fragments': the assembler itself runs without
 	// P2PSIP_BENCH.
 	rep.Machine.Mode = frags[0].Mode
@@ -211,6 +222,9 @@ func Markdown(r *Report) []byte {
 	b.WriteString("Every reference ran in the same run on the same machine, sharing its cores with the load generators " +
 		"(SIPp, the TURN load client), so the ratios hold better than the absolute figures. " +
 		"Reproduce with `make bench` (see the README).\n\n")
+	for _, n := range r.Notes {
+		b.WriteString(n + "\n\n")
+	}
 	if m.Mode != "full" {
 		b.WriteString("**Not a full run: smoke figures come from tiny durations and mean nothing.**\n\n")
 	}
