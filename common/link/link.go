@@ -12,7 +12,6 @@
 package link
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -73,9 +72,6 @@ type Conn struct {
 	nc  net.Conn
 	cfg Config
 	log zerolog.Logger
-	// r reads frames: the TLS connection itself (it buffers a decrypted
-	// record already), or a bufio.Reader over a plain one.
-	r io.Reader
 	// raw is the socket under a TLS connection that may park (nil: never).
 	raw syscall.RawConn
 
@@ -95,15 +91,19 @@ type Conn struct {
 
 	qmu     sync.Mutex // guards the fields below
 	q       [][]byte   // encoded frames waiting for the writer
-	writing bool       // a writer goroutine is draining q
-	shut    bool       // no more frames are taken
+	spare   [][]byte   // the writer's last batch, reused for q
+	writing bool       // a writer goroutine runs
+	waiting bool       // it waits for frames; kick it
+	parked  bool       // the reader is parked: an idle writer exits
+	kick    chan struct{}
+	shut    bool // no more frames are taken
 	room    chan struct{}
 
 	// Reader state, owned by whichever goroutine reads (the reader and
 	// the parked watcher hand it over with a go statement).
-	hdr      [4]byte
-	hn       int
-	frame    []byte // length prefix and body of the frame being read
+	rbuf     []byte // read buffer (nil while parked); rbuf[rr:rw] is unread
+	rr, rw   int
+	frame    []byte // body of a frame too large for rbuf, being read
 	fn       int
 	lastRead time.Time
 	lingered bool // the read deadline set is the ParkAfter one
@@ -136,7 +136,6 @@ func New(nc net.Conn, cfg Config, log zerolog.Logger) *Conn {
 	// a Send before Start cannot finish the Conn.
 	c.live.Store(1)
 	if tc, ok := nc.(*tls.Conn); ok {
-		c.r = tc
 		if cfg.ParkAfter > 0 && canPark {
 			if sc, ok := tc.NetConn().(syscall.Conn); ok {
 				if raw, err := sc.SyscallConn(); err == nil {
@@ -144,8 +143,6 @@ func New(nc net.Conn, cfg Config, log zerolog.Logger) *Conn {
 				}
 			}
 		}
-	} else {
-		c.r = bufio.NewReaderSize(nc, 16<<10)
 	}
 	return c
 }
@@ -265,61 +262,106 @@ func (c *Conn) readLoop() {
 // idle reports whether err is the ParkAfter deadline passing between two
 // frames with the connection otherwise healthy.
 func (c *Conn) idle(err error) bool {
-	return c.lingered && c.hn == 0 && errors.Is(err, os.ErrDeadlineExceeded)
+	return c.lingered && c.between() && errors.Is(err, os.ErrDeadlineExceeded)
 }
+
+// between reports whether no part of a frame has been read.
+func (c *Conn) between() bool { return c.rr == c.rw && c.frame == nil }
+
+// readBufSize holds a whole TLS record, so one read takes what a record
+// brings, often several small frames.
+const readBufSize = 16 << 10
+
+// readPool holds read buffers: a reader takes one while it runs and a
+// parked connection gives it back.
+var readPool = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
 
 // readFrame reads one frame. Its progress lives in the Conn, so a read
 // that stops at the ParkAfter deadline in the middle of a frame goes on
-// where it was, with the ReadTimeout deadline.
+// where it was, with the ReadTimeout deadline. Small frames are cut from
+// the read buffer; a frame larger than it is read into its own slice.
 func (c *Conn) readFrame() (*wire.Frame, error) {
 	if err := c.setReadDeadline(); err != nil {
 		return nil, err
 	}
-	for c.hn < len(c.hdr) {
-		n, err := c.r.Read(c.hdr[c.hn:])
-		c.hn += n
-		if err == nil || c.hn == len(c.hdr) || c.lingerPassed(err) {
+	for {
+		if c.frame != nil {
+			if c.fn == len(c.frame) {
+				body := c.frame
+				c.frame, c.fn = nil, 0
+				return c.decode(body)
+			}
+			n, err := c.nc.Read(c.frame[c.fn:])
+			c.fn += n
+			if err != nil && c.fn < len(c.frame) && !c.lingerPassed(err) {
+				return nil, fmt.Errorf("read frame body: %w", unexpected(err))
+			}
 			continue
 		}
-		if c.hn > 0 {
-			err = unexpected(err)
+		if avail := c.rw - c.rr; avail >= 4 {
+			n := int(binary.BigEndian.Uint32(c.rbuf[c.rr:]))
+			if n > c.cfg.MaxFrame {
+				return nil, fmt.Errorf("read: %w: %d > %d bytes", wire.ErrTooLarge, n, c.cfg.MaxFrame)
+			}
+			if avail >= 4+n {
+				body := make([]byte, n)
+				copy(body, c.rbuf[c.rr+4:])
+				c.rr += 4 + n
+				if c.rr == c.rw {
+					c.rr, c.rw = 0, 0
+				}
+				return c.decode(body)
+			}
+			if 4+n > len(c.rbuf) {
+				c.frame = make([]byte, n)
+				c.fn = copy(c.frame, c.rbuf[c.rr+4:c.rw])
+				c.rr, c.rw = 0, 0
+				continue
+			}
 		}
-		return nil, fmt.Errorf("read: %w", err)
-	}
-	if c.frame == nil {
-		n := int(binary.BigEndian.Uint32(c.hdr[:]))
-		if n > c.cfg.MaxFrame {
-			return nil, fmt.Errorf("read: %w: %d > %d bytes", wire.ErrTooLarge, n, c.cfg.MaxFrame)
+		if c.rbuf == nil {
+			c.rbuf = *readPool.Get().(*[]byte)
 		}
-		c.frame = make([]byte, 4+n)
-		copy(c.frame, c.hdr[:])
-		c.fn = 4
-	}
-	for c.fn < len(c.frame) {
-		n, err := c.r.Read(c.frame[c.fn:])
-		c.fn += n
-		if err == nil || c.fn == len(c.frame) || c.lingerPassed(err) {
-			continue
+		if c.rr > 0 && len(c.rbuf)-c.rw < readBufSize/4 {
+			c.rw = copy(c.rbuf, c.rbuf[c.rr:c.rw])
+			c.rr = 0
 		}
-		return nil, fmt.Errorf("read frame body: %w", unexpected(err))
+		n, err := c.nc.Read(c.rbuf[c.rw:])
+		c.rw += n
+		if err != nil && n == 0 && !c.lingerPassed(err) {
+			if !c.between() {
+				err = unexpected(err)
+			}
+			return nil, fmt.Errorf("read: %w", err)
+		}
 	}
-	b := c.frame
-	c.hn, c.frame, c.fn = 0, nil, 0
+}
+
+func (c *Conn) decode(body []byte) (*wire.Frame, error) {
 	if c.cfg.ReadTimeout > 0 || c.raw != nil {
 		c.lastRead = time.Now()
 	}
-	f, err := wire.Decode(b)
+	f, err := wire.DecodeBody(body)
 	if err != nil {
 		return nil, fmt.Errorf("read: %w", err)
 	}
 	return f, nil
 }
 
+// releaseReadBuf gives an empty read buffer back to the pool.
+func (c *Conn) releaseReadBuf() {
+	if c.rbuf != nil && c.rr == c.rw {
+		b := c.rbuf
+		c.rbuf, c.rr, c.rw = nil, 0, 0
+		readPool.Put(&b)
+	}
+}
+
 // lingerPassed reports whether err is the ParkAfter deadline passing
 // inside a frame, which is no reason to stop: the read goes on with the
 // ReadTimeout deadline. Between frames it is for the reader to park.
 func (c *Conn) lingerPassed(err error) bool {
-	if !c.lingered || c.hn == 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+	if !c.lingered || c.between() || !errors.Is(err, os.ErrDeadlineExceeded) {
 		return false
 	}
 	c.lingered = false
@@ -374,6 +416,11 @@ func (c *Conn) park() bool {
 	if err := c.nc.SetReadDeadline(dl); err != nil {
 		return false
 	}
+	c.releaseReadBuf()
+	c.qmu.Lock()
+	c.parked = true
+	c.wakeWriterLocked() // to let it go
+	c.qmu.Unlock()
 	c.parks.Add(1)
 	c.live.Add(1)
 	go c.watch()
@@ -395,6 +442,9 @@ func (c *Conn) watch() {
 		}
 		return
 	}
+	c.qmu.Lock()
+	c.parked = false
+	c.qmu.Unlock()
 	c.live.Add(1)
 	go c.readLoop()
 }
@@ -414,19 +464,34 @@ func (c *Conn) deliver(f *wire.Frame) {
 // one write (one TLS record instead of one per frame).
 var writePool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
 
-// writeLoop drains the queue and exits when it is empty: an idle
-// connection has no writer.
+// writeLoop drains the queue and waits for more. It exits when the
+// connection ends, or once the queue is empty while the reader is parked:
+// an idle connection has no writer.
 func (c *Conn) writeLoop() {
 	defer c.exit()
+	var done [][]byte // the last batch written, handed back as spare
 	for {
 		c.qmu.Lock()
+		if done != nil && cap(done) <= 64 {
+			c.spare = done[:0]
+		}
+		done = nil
 		batch := c.q
-		c.q = nil
-		if len(batch) == 0 || c.shut {
+		if c.shut || (len(batch) == 0 && c.parked) {
 			c.writing = false
 			c.qmu.Unlock()
 			return
 		}
+		if len(batch) == 0 {
+			c.waiting = true
+			c.qmu.Unlock()
+			select {
+			case <-c.kick:
+			case <-c.done:
+			}
+			continue
+		}
+		c.q, c.spare = c.spare, nil
 		if c.room != nil {
 			close(c.room)
 			c.room = nil
@@ -435,6 +500,19 @@ func (c *Conn) writeLoop() {
 		if err := c.write(batch); err != nil {
 			c.shutdown(err)
 			return
+		}
+		clear(batch) // the frames are garbage now
+		done = batch
+	}
+}
+
+// wakeWriterLocked wakes a waiting writer; c.qmu is held.
+func (c *Conn) wakeWriterLocked() {
+	if c.waiting {
+		c.waiting = false
+		select {
+		case c.kick <- struct{}{}:
+		default: // a wake-up is pending already
 		}
 	}
 }
@@ -484,10 +562,16 @@ func (c *Conn) enqueue(b []byte, wait <-chan struct{}) error {
 		}
 		if len(c.q) < c.cfg.QueueLen {
 			c.q = append(c.q, b)
-			if !c.writing {
+			switch {
+			case !c.writing:
 				c.writing = true
+				if c.kick == nil {
+					c.kick = make(chan struct{}, 1)
+				}
 				c.live.Add(1)
 				go c.writeLoop()
+			default:
+				c.wakeWriterLocked()
 			}
 			c.qmu.Unlock()
 			return nil

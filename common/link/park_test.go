@@ -175,7 +175,8 @@ func TestParkedConnectionTimesOutAndSeesClose(t *testing.T) {
 	}
 }
 
-// Many idle parked connections hold no reader or writer goroutines.
+// Many idle parked connections hold no reader or writer goroutines, also
+// after they have answered a request (which started a writer).
 func TestParkedConnectionsHoldNoGoroutines(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("parking is Linux only")
@@ -198,23 +199,31 @@ func TestParkedConnectionsHoldNoGoroutines(t *testing.T) {
 			<-ended
 		}
 	}()
-	waitFor(t, "all readers to park", func() bool {
-		for _, s := range srvs {
-			if s.Parks() == 0 {
-				return false
-			}
+	for i, ct := range clis {
+		if err := wire.WriteFrame(ct, &wire.Frame{Header: wire.Header{Type: wire.TypeFetch, TxID: 1}, Body: []byte{byte(i)}}); err != nil {
+			t.Fatal(err)
 		}
-		return true
-	})
-	// What is left per connection is the watcher: count the goroutines
-	// blocked in a reader of this package.
-	buf := make([]byte, 1<<20)
-	stacks := string(buf[:runtime.Stack(buf, true)])
-	if got := countSubstr(stacks, "link.(*Conn).readLoop"); got != 0 {
-		t.Fatalf("%d readers still running on %d idle connections", got, n)
+		ct.SetReadDeadline(time.Now().Add(10 * time.Second)) //nolint:errcheck
+		if f, err := wire.ReadFrame(ct, 1<<10); err != nil || len(f.Body) != 1 || f.Body[0] != byte(i) {
+			t.Fatalf("connection %d: reply %v, %v", i, f, err)
+		}
 	}
-	if got := countSubstr(stacks, "link.(*Conn).writeLoop"); got != 0 {
-		t.Fatalf("%d writers running on idle connections", got)
+	// What is left per connection is the watcher: no reader, no writer.
+	buf := make([]byte, 1<<20)
+	var readers, writers int
+	waitFor(t, "readers and writers of idle connections to exit", func() bool {
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		readers = countSubstr(stacks, "link.(*Conn).readLoop")
+		writers = countSubstr(stacks, "link.(*Conn).writeLoop")
+		return readers == 0 && writers == 0
+	})
+	for _, s := range srvs {
+		if s.Parks() == 0 {
+			t.Fatal("a connection never parked")
+		}
+		if s.rbuf != nil {
+			t.Fatal("a parked connection holds its read buffer")
+		}
 	}
 }
 

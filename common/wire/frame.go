@@ -247,6 +247,19 @@ func Decode(b []byte) (*Frame, error) {
 	return decodeBody(append([]byte(nil), b[4:]...))
 }
 
+// DecodeBody parses one frame whose length prefix was read already:
+// len(body) is that length. The frame keeps body (no copy), so the caller
+// hands it over.
+func DecodeBody(body []byte) (*Frame, error) {
+	if len(body) > MaxFrameSize {
+		return nil, fmt.Errorf("%w: %d bytes", ErrTooLarge, len(body))
+	}
+	if len(body) < fixedLen {
+		return nil, fmt.Errorf("%w: length %d shorter than the header", ErrMalformed, len(body))
+	}
+	return decodeBody(body)
+}
+
 // decodeBody parses a frame after its length prefix; it keeps buf.
 func decodeBody(buf []byte) (*Frame, error) {
 	f := &Frame{}

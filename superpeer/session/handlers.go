@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"time"
 
 	"github.com/p2psip/p2psip/common/link"
 	"github.com/p2psip/p2psip/common/wire"
@@ -60,10 +61,8 @@ func (s *Server) Handler(peer Peer) link.Handler {
 			c.ReplyError(f, wire.Errorf(wire.CodeUnavailable, "super peer shutting down")) //nolint:errcheck
 			return
 		}
-		s.wg.Add(1)
 		s.mu.Unlock()
-		go func() {
-			defer s.wg.Done()
+		job := func() {
 			defer func() { <-s.sem }()
 			base := context.Background()
 			if p := s.ctx.Load(); p != nil {
@@ -81,7 +80,50 @@ func (s *Server) Handler(peer Peer) link.Handler {
 				return
 			}
 			c.Reply(f, resp) //nolint:errcheck
-		}()
+		}
+		select {
+		case s.jobs <- job: // an idle worker took it
+		default:
+			s.mu.Lock()
+			if s.closed {
+				s.mu.Unlock()
+				<-s.sem
+				c.ReplyError(f, wire.Errorf(wire.CodeUnavailable, "super peer shutting down")) //nolint:errcheck
+				return
+			}
+			s.wg.Add(1)
+			s.mu.Unlock()
+			go s.worker(job)
+		}
+	}
+}
+
+// workerIdle is how long a request worker waits for the next request
+// before it exits.
+const workerIdle = 10 * time.Second
+
+// worker serves requests until none came for workerIdle or the server
+// stops. Workers are reused rather than started per request: a request
+// goes deep (CBOR decoding, a quorum write) and a fresh goroutine's stack
+// would grow, by copying, every time.
+func (s *Server) worker(job func()) {
+	defer s.wg.Done()
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	var stop <-chan struct{}
+	if p := s.ctx.Load(); p != nil {
+		stop = (*p).Done()
+	}
+	for {
+		job()
+		idle.Reset(workerIdle)
+		select {
+		case job = <-s.jobs:
+		case <-idle.C:
+			return
+		case <-stop:
+			return
+		}
 	}
 }
 

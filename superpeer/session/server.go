@@ -115,6 +115,8 @@ type Server struct {
 	log zerolog.Logger
 	m   *metrics
 	sem chan struct{}
+	// jobs hands a request to an idle worker (see worker).
+	jobs chan func()
 
 	mu    sync.Mutex // guards conns and closed
 	conns map[*link.Conn]Peer
@@ -158,6 +160,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		log:   log,
 		m:     newMetrics(cfg.Registerer),
 		sem:   make(chan struct{}, cfg.MaxInFlight),
+		jobs:  make(chan func()),
 		conns: make(map[*link.Conn]Peer),
 	}, nil
 }
