@@ -100,7 +100,7 @@ func benchTURN(t *testing.T, p benchParams, sink *fragments) {
 		r := report.Compare(secTURN, "relayed packets/s at 0 loss", "pkts/s", float64(ours.best.Rate), float64(theirs.best.Rate), "coturn").AtLeast(1)
 		r.Note = how + "."
 		if r.Pass != nil && !*r.Pass {
-			r.Note += " Bottleneck: pion/turn's server relays each datagram through a goroutine per allocation with a syscall per read and per write and an allocation per packet; coturn batches in C with a thread per core. The load client shares the 2 cores. " + ours.prof
+			r.Note += " Bottleneck: pion/turn v2 reads the whole listening socket in one goroutine (Server.readLoop), so every client packet costs a recvfrom and a sendto on that one goroutine and relaying is capped near one core; coturn spreads clients over a relay thread per core. Within reach: several listening sockets on the port (SO_REUSEPORT), each with its own read loop (pion takes several PacketConnConfigs). The load client (pion's client, a sendto per packet) shares the 2 cores. " + ours.prof
 		}
 		rs = append(rs, r,
 			report.Compare(secTURN, "allocations/s ("+itoa(p.turnAllocs)+", 16 at a time)", "allocs/s", ours.alloc.PerSec, theirs.alloc.PerSec, "coturn").
