@@ -140,9 +140,18 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 0})
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 1})
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// DecodeBody (the link's reader) takes any body without panicking
+		// and agrees with ReadFrame on a whole frame.
+		var direct *Frame
+		if len(b) >= 4 {
+			direct, _ = DecodeBody(bytes.Clone(b[4:]))
+		}
 		fr, err := ReadFrame(bufio.NewReader(bytes.NewReader(b)), 64<<10)
 		if err != nil {
 			return
+		}
+		if int(binary.BigEndian.Uint32(b)) == len(b)-4 && (direct == nil || direct.Header != fr.Header || !bytes.Equal(direct.Body, fr.Body)) {
+			t.Fatal("DecodeBody and ReadFrame disagree on a whole frame")
 		}
 		enc, err := Encode(fr)
 		if err != nil {
