@@ -36,9 +36,7 @@
 // TestTURNFallback (3), TestEdgePhone (4), TestPromotion (5),
 // TestPacketLoss (6), and TestRollingRestart (issue 8: every super peer
 // in turn drained with SIGTERM and restarted, with records checked and
-// calls placed between restarts). The agent scenarios skip, saying so, while the binary
-// has no `p2psip peer`; 3, 4 and 5 skip until their issues land. Packet
-// loss uses tc netem where the kernel has sch_netem, and otherwise an
+// calls placed between restarts). Packet loss uses tc netem where the kernel has sch_netem, and otherwise an
 // iptables statistic match on the same link (this machine's kernel has no
 // netem).
 //
