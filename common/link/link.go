@@ -268,9 +268,10 @@ func (c *Conn) idle(err error) bool {
 // between reports whether no part of a frame has been read.
 func (c *Conn) between() bool { return c.rr == c.rw && c.frame == nil }
 
-// readBufSize holds a whole TLS record, so one read takes what a record
-// brings, often several small frames.
-const readBufSize = 16 << 10
+// readBufSize is the read buffer: room for a burst of small frames (a
+// TLS record often carries several); a larger frame is read into its own
+// slice. Small, because every active agent session holds one.
+const readBufSize = 4 << 10
 
 // readPool holds read buffers: a reader takes one while it runs and a
 // parked connection gives it back.

@@ -320,8 +320,9 @@ const fdReserve = 1000
 
 // agentParkAfter is how long an agent's session stays quiet before its
 // reader parks: longer than the gaps inside a burst of frames, much
-// shorter than the keepalive.
-const agentParkAfter = 2 * time.Second
+// shorter than the keepalive, and short enough that the readers, writers
+// and read buffers of the sessions a ping just woke are few.
+const agentParkAfter = 500 * time.Millisecond
 
 // handshake runs TLS and checks the Hello; it answers refusals itself.
 func (s *Server) handshake(ctx context.Context, nc net.Conn) (*tls.Conn, Peer, error) {
