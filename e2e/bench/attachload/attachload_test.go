@@ -8,8 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -205,19 +203,12 @@ func runAttach(t *testing.T, agents int, hold, pingEvery time.Duration, env []st
 	}
 	n := float64(ast.Attached)
 	per := func(a, b float64) float64 { return (a - b) / n / 1024 }
-	gogc := 100.0
-	for _, kv := range env {
-		if v, ok := strings.CutPrefix(kv, "GOGC="); ok {
-			gogc, _ = strconv.ParseFloat(v, 64)
-		}
-	}
 	r := attachRun{
 		n: n, attach: ast, ping: pst, keepalive: g.Keepalive(), sources: sources,
 		rss:   per(after.rss, before.rss),
 		heap:  per(after.metrics["go_memstats_heap_inuse_bytes"], before.metrics["go_memstats_heap_inuse_bytes"]),
 		stack: per(after.metrics["go_memstats_stack_inuse_bytes"], before.metrics["go_memstats_stack_inuse_bytes"]),
-		// The heap goal of the last collection is live heap × (1 + GOGC/100).
-		live: per(after.metrics["go_memstats_next_gc_bytes"], before.metrics["go_memstats_next_gc_bytes"]) / (1 + gogc/100),
+		live:  per(liveHeap(after.metrics), liveHeap(before.metrics)),
 		unreturned: per(after.metrics["go_memstats_heap_idle_bytes"]-after.metrics["go_memstats_heap_released_bytes"],
 			before.metrics["go_memstats_heap_idle_bytes"]-before.metrics["go_memstats_heap_released_bytes"]),
 		goroutines: (after.metrics["go_goroutines"] - before.metrics["go_goroutines"]) / n,
@@ -235,9 +226,20 @@ func rssResult(rss, live, stack float64) report.Result {
 	if rss > 10 {
 		r = r.WithNote("bottleneck: crypto/tls keeps about 9 KiB per session (input and handshake buffers sized by the "+
 			"post-quantum ClientHello, the parsed client certificate, AES-GCM keys, the Conn) of the %.1f KiB live heap; "+
-			"the parked watcher goroutine's stack is %.1f KiB; the rest of RSS is the GC's headroom (GOGC=100)", live, stack)
+			"the parked watcher goroutine's stack is %.1f KiB; the rest of RSS is the GC's headroom (GOGC 100 at this heap size)", live, stack)
 	}
 	return r
+}
+
+// liveHeap is the heap that survived the last collection: the heap goal
+// is that × (1 + GOGC/100), and the GOGC in force is exported (the binary
+// adapts it to the live heap when GOGC is unset).
+func liveHeap(m map[string]float64) float64 {
+	gogc, ok := m["go_gc_gogc_percent"]
+	if !ok || gogc <= 0 {
+		gogc = 100
+	}
+	return m["go_memstats_next_gc_bytes"] / (1 + gogc/100)
 }
 
 type snap struct {
