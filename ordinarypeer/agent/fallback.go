@@ -153,6 +153,8 @@ type sender struct {
 	// order, for pruning) with our last response to each.
 	seen      map[seenKey]*seenReq
 	seenOrder []seenAt
+	// seenPeak is the most entries seen held since it was last rebuilt.
+	seenPeak int
 
 	// after is Config.RelayAfter (≤ 0: no timeout fallback).
 	after time.Duration
@@ -273,10 +275,7 @@ func (s *sender) SendTunnel(dst, hint ids.PeerID, payload []byte) error {
 	// This runs for every tunnel message: drop expired entries in bulk once
 	// they are half the slice (one copy per many sends), not with a shift
 	// of the whole slice on each send. failed() checks ages anyway.
-	i := sort.Search(len(s.recent), func(i int) bool { return now.Sub(s.recent[i].at) <= recentFor })
-	if i > 0 && i >= len(s.recent)/2 {
-		s.recent = append(s.recent[:0], s.recent[i:]...)
-	}
+	s.pruneRecentLocked(now, true)
 	s.mu.Unlock()
 	if track {
 		s.track(key, pendingReq{dst: dst, payload: payload, at: now, tries: 1})
@@ -342,17 +341,73 @@ func (s *sender) inbound(src ids.PeerID, payload []byte) bool {
 		s.seenOrder = append(s.seenOrder, seenAt{sk, now})
 	}
 	// Prune in bulk, as SendTunnel does with recent.
-	i := sort.Search(len(s.seenOrder), func(i int) bool { return now.Sub(s.seenOrder[i].at) < dedupFor })
-	if i > 0 && i >= len(s.seenOrder)/2 {
-		for _, o := range s.seenOrder[:i] {
-			if e := s.seen[o.k]; e != nil && e.at.Equal(o.at) {
-				delete(s.seen, o.k)
-			}
-		}
-		s.seenOrder = append(s.seenOrder[:0], s.seenOrder[i:]...)
-	}
+	s.pruneSeenLocked(now, true)
 	s.mu.Unlock()
 	return true
+}
+
+// prune drops what has outlived recentFor and dedupFor. SendTunnel and
+// inbound prune only as traffic passes, so without this an overload
+// followed by silence kept its last seconds of payloads (and the
+// responses remembered for dedup, tens of MB at a few thousand calls/s)
+// for as long as the silence lasted; runTimeouts calls it on every tick.
+func (s *sender) prune(now time.Time) {
+	s.mu.Lock()
+	s.pruneRecentLocked(now, false)
+	s.pruneSeenLocked(now, false)
+	s.mu.Unlock()
+}
+
+// pruneRecentLocked drops the payloads older than recentFor: all of them,
+// or with bulk set only once they are half the list (the per-send path).
+func (s *sender) pruneRecentLocked(now time.Time, bulk bool) {
+	i := sort.Search(len(s.recent), func(i int) bool { return now.Sub(s.recent[i].at) <= recentFor })
+	if i > 0 && (!bulk || i >= len(s.recent)/2) {
+		s.recent = dropFront(s.recent, i)
+	}
+}
+
+// pruneSeenLocked forgets the inbound requests older than dedupFor, with
+// bulk as pruneRecentLocked.
+func (s *sender) pruneSeenLocked(now time.Time, bulk bool) {
+	i := sort.Search(len(s.seenOrder), func(i int) bool { return now.Sub(s.seenOrder[i].at) < dedupFor })
+	if i == 0 || (bulk && i < len(s.seenOrder)/2) {
+		return
+	}
+	for _, o := range s.seenOrder[:i] {
+		if e := s.seen[o.k]; e != nil && e.at.Equal(o.at) {
+			delete(s.seen, o.k)
+		}
+	}
+	s.seenOrder = dropFront(s.seenOrder, i)
+	// A Go map keeps the buckets of its largest size: after a burst
+	// (up to maxSeen entries) it is rebuilt at its present size.
+	if s.seenPeak = max(s.seenPeak, len(s.seen)+i); s.seenPeak > shrinkMin && len(s.seen) < s.seenPeak/4 {
+		// Copied by hand: maps.Clone may keep the source's size.
+		m := make(map[seenKey]*seenReq, len(s.seen))
+		for k, e := range s.seen {
+			m[k] = e
+		}
+		s.seen, s.seenPeak = m, len(m)
+	}
+}
+
+// shrinkMin is the capacity below which dropFront and pruneSeenLocked do
+// not bother giving memory back.
+const shrinkMin = 1024
+
+// dropFront removes l's first n elements. The vacated tail is zeroed, or
+// the payloads and keys in it would stay reachable through the backing
+// array until overwritten (an overload's worth of them, for as long as
+// the traffic stays lower), and a backing array four times too large for
+// what is left is replaced by one that fits.
+func dropFront[T any](l []T, n int) []T {
+	if c := cap(l); c > shrinkMin && len(l)-n < c/4 {
+		return append(make([]T, 0, max(2*(len(l)-n), shrinkMin/4)), l[n:]...)
+	}
+	m := copy(l, l[n:])
+	clear(l[m:])
+	return l[:m]
 }
 
 // sentResponse keeps the last response sent to dst for a request it sent
@@ -541,18 +596,21 @@ func (s *sender) runTimeouts(ctx context.Context) error {
 		s.cancel()
 		s.wg.Wait()
 	}()
-	if s.after <= 0 {
-		<-ctx.Done()
-		return nil
+	every := time.Second // pruning only
+	if s.after > 0 {
+		every = max(s.after/4, 20*time.Millisecond)
 	}
-	t := time.NewTicker(max(s.after/4, 20*time.Millisecond))
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case now := <-t.C:
-			s.sweep(now)
+			if s.after > 0 {
+				s.sweep(now)
+			}
+			s.prune(now)
 		}
 	}
 }
