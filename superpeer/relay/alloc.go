@@ -146,7 +146,11 @@ func (s *Server) bindRelay(network string, requested int) (net.PacketConn, int, 
 	}
 	lo, hi := s.cfg.MinPort, s.cfg.MaxPort
 	listen := func(port int) (net.PacketConn, error) {
-		return net.ListenPacket(network, net.JoinHostPort(s.cfg.RelayBind, strconv.Itoa(port)))
+		pc, err := net.ListenPacket(network, net.JoinHostPort(s.cfg.RelayBind, strconv.Itoa(port)))
+		if err == nil {
+			setBuffers(pc)
+		}
+		return pc, err
 	}
 	if requested != 0 {
 		if requested < lo || requested > hi {

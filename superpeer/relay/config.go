@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,6 +16,10 @@ const (
 	DefaultMaxPort        = 65535
 	DefaultMaxAllocations = 10000
 	DefaultMaxPerUser     = 10
+
+	// maxUDPSockets bounds the default UDPSockets: past a few read loops
+	// the relay sockets' goroutines and the clients need the cores.
+	maxUDPSockets = 4
 )
 
 // Config configures a Server. Zero values mean the defaults named on each
@@ -32,6 +37,14 @@ type Config struct {
 	// PacketConn is the bound UDP socket for STUN and TURN (required; the
 	// caller binds --turn-port).
 	PacketConn net.PacketConn
+	// UDPSockets is how many sockets read the UDP port: PacketConn and
+	// UDPSockets-1 more that Run binds on its address with SO_REUSEPORT
+	// (Linux; PacketConn must be a *net.UDPConn), each with its own pion
+	// read loop. pion handles a datagram start to finish on the loop
+	// that read it, so one socket caps relaying near one core. Default
+	// min(GOMAXPROCS, 4); 1 serves PacketConn alone. If the further
+	// sockets cannot be bound, Run serves PacketConn alone and logs why.
+	UDPSockets int
 	// Listener, if set, serves STUN and TURN over TCP as well (RFC 5766
 	// §2.1: the client talks TCP to the server, relays stay UDP).
 	Listener net.Listener
@@ -112,6 +125,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MinPort < 1 || c.MaxPort > 65535 || c.MinPort > c.MaxPort {
 		return bad("relay ports %d-%d: want 1 <= min <= max <= 65535", c.MinPort, c.MaxPort)
+	}
+	if c.UDPSockets == 0 {
+		c.UDPSockets = min(runtime.GOMAXPROCS(0), maxUDPSockets)
+	}
+	if c.UDPSockets < 1 || c.UDPSockets > 64 {
+		return bad("udp sockets %d: want 1-64", c.UDPSockets)
 	}
 	if c.MaxAllocations == 0 {
 		c.MaxAllocations = DefaultMaxAllocations

@@ -14,6 +14,11 @@
 //     own service ports, is refused: CreatePermission and ChannelBind get
 //     403 (443 for IPv6), datagrams are dropped. No SSRF through the relay.
 //
+// The UDP port is read by several sockets in one SO_REUSEPORT group
+// (Config.UDPSockets, one per core up to 4), each with its own pion read
+// loop: pion handles a datagram start to finish on the loop that read
+// it, so one socket would cap relaying near one core.
+//
 // pion/turn v2 has no hooks for the 401, the 486, the 403 or allocation
 // lifetime events; gate.go explains how they are produced around it.
 //

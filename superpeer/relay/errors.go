@@ -13,4 +13,5 @@ var (
 	errNoReservation = errors.New("relay allocation without an admitted Allocate request")
 	errNoTCPRelay    = errors.New("TCP relays (RFC 6062) are not offered")
 	errPortRange     = errors.New("requested relay port outside the configured range")
+	errReusePort     = errors.New("further UDP sockets on the STUN/TURN port (SO_REUSEPORT) not opened")
 )

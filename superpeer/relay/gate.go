@@ -14,9 +14,9 @@ import (
 	"github.com/p2psip/p2psip/common/auth"
 )
 
-// A gate stands between one client-facing socket (the UDP socket, or one
-// accepted TCP connection framed by turn.NewSTUNConn) and the pion
-// turn.Server serving it. pion reads the socket only through the gate's
+// A gate stands between one client-facing socket (one of the sockets
+// reading the UDP port, or one accepted TCP connection framed by
+// turn.NewSTUNConn) and the pion turn.Server serving it. pion reads the socket only through the gate's
 // ReadFrom, and it allocates relays only through the gate, which is also
 // that socket's RelayAddressGenerator.
 //

@@ -3,7 +3,10 @@ package relay
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -489,6 +492,8 @@ func TestNewValidates(t *testing.T) {
 		"ports reversed":     func(c *Config) { c.MinPort, c.MaxPort = 60000, 50000 },
 		"bad bind":           func(c *Config) { c.RelayBind = "example.net" },
 		"negative quota":     func(c *Config) { c.MaxPerUser = -1 },
+		"negative sockets":   func(c *Config) { c.UDPSockets = -1 },
+		"too many sockets":   func(c *Config) { c.UDPSockets = 65 },
 	}
 	for name, mutate := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -606,5 +611,115 @@ func TestEvenPort(t *testing.T) {
 	}
 	if ts.quota.held("alice") != 1 || ts.Allocations() != 1 {
 		t.Fatalf("held %d, allocations %d; want 1 and 1", ts.quota.held("alice"), ts.Allocations())
+	}
+}
+
+// TestUDPSocketsSpreadClients checks that the further UDP sockets share
+// the port, that the kernel spreads clients over them (each socket's
+// allocations then live on its own read loop) and that a client on any of
+// them relays both ways and keeps its allocation on one socket.
+func TestUDPSocketsSpreadClients(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("SO_REUSEPORT balancing is Linux only")
+	}
+	const sockets, clients = 4, 16
+	ts := startServer(t, func(c *Config) { c.AllowLoopback = true; c.UDPSockets = sockets })
+	eventually(t, 5*time.Second, "udp sockets bound", func() bool { return ts.Allocations() == 0 && ts.udpCount() == sockets })
+	for _, pc := range ts.udpConns() {
+		if pc.LocalAddr().String() != ts.udp.String() {
+			t.Fatalf("socket on %s, want %s", pc.LocalAddr(), ts.udp)
+		}
+	}
+	p := peer(t)
+	for i := range clients {
+		cred := issue(t, fmt.Sprintf("user%d", i))
+		c := newClient(t, ts, cred.Username, cred.Password, false)
+		relay, err := allocate(t, c)
+		if err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		if err := c.CreatePermission(p.LocalAddr()); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		// Twice: by Send indication, then by ChannelData.
+		for j := range 2 {
+			msg := []byte(fmt.Sprintf("ping %d.%d", i, j))
+			if _, err := relay.WriteTo(msg, p.LocalAddr()); err != nil {
+				t.Fatal(err)
+			}
+			got, from, err := readWithin(p, 2*time.Second)
+			if err != nil || !bytes.Equal(got, msg) {
+				t.Fatalf("client %d: peer got %q (%v), want %q", i, got, err, msg)
+			}
+			if _, err := p.WriteTo([]byte("pong"), from); err != nil {
+				t.Fatal(err)
+			}
+			if err := relay.SetReadDeadline(time.Now().Add(2 * time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 64)
+			if n, _, err := relay.ReadFrom(buf); err != nil || string(buf[:n]) != "pong" {
+				t.Fatalf("client %d: relay read %q, %v", i, buf[:n], err)
+			}
+		}
+	}
+	if n := ts.Allocations(); n != clients {
+		t.Fatalf("Allocations() = %d, want %d", n, clients)
+	}
+	// 16 clients all hashed to one of 4 sockets: odds 4^-15.
+	if n := ts.gatesInUse(); n < 2 {
+		t.Fatalf("allocations on %d socket(s), want them spread over several", n)
+	}
+}
+
+func (ts *testServer) udpCount() int { return len(ts.udpConns()) }
+
+// udpConns returns the UDP sockets, once Run has bound them.
+func (ts *testServer) udpConns() []net.PacketConn {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return ts.Server.udp
+}
+
+// gatesInUse counts the UDP sockets holding allocations.
+func (ts *testServer) gatesInUse() int {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	gates := map[*gate]bool{}
+	for rc := range ts.relays {
+		gates[rc.g] = true
+	}
+	return len(gates)
+}
+
+// TestSiblings binds further sockets on a wildcard (dual-stack) port, as
+// a super peer with --bind 0.0.0.0 does, and refuses a socket it cannot
+// reach the file descriptor of.
+func TestSiblings(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("SO_REUSEPORT balancing is Linux only")
+	}
+	pc, err := net.ListenPacket("udp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = pc.Close() }()
+	more, err := siblings(pc, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range more {
+		defer func() { _ = s.Close() }()
+		if s.LocalAddr().String() != pc.LocalAddr().String() {
+			t.Fatalf("sibling on %s, want %s", s.LocalAddr(), pc.LocalAddr())
+		}
+	}
+	// Another socket without SO_REUSEPORT still cannot take the port.
+	if other, err := net.ListenPacket("udp", pc.LocalAddr().String()); err == nil {
+		_ = other.Close()
+		t.Fatal("a socket without SO_REUSEPORT bound the port too")
+	}
+	if _, err := siblings(struct{ net.PacketConn }{pc}, 1); !errors.Is(err, errReusePort) {
+		t.Fatalf("wrapped socket: %v, want errReusePort", err)
 	}
 }

@@ -51,6 +51,9 @@ type Server struct {
 	tcp map[*gate]struct{}
 	// closing is set once Run started shutting down: no new TCP gates.
 	closing bool
+	// udp holds the sockets reading the UDP port, PacketConn first; Run
+	// sets it once, before it serves any.
+	udp []net.PacketConn
 }
 
 // New validates cfg and registers the metrics. It does no I/O.
@@ -94,22 +97,35 @@ func (s *Server) Run(ctx context.Context) error {
 		return errRunTwice
 	}
 	s.policy = newPolicy(s.cfg.AllowLoopback, s.ownIPs(), s.denyPorts(), s.cfg.DenyAddrs)
-	if b, ok := s.cfg.PacketConn.(interface{ SetReadBuffer(int) error }); ok {
-		_ = b.SetReadBuffer(4 << 20) // TESTING.md: the 208 KB default drops under load
+	udp := []net.PacketConn{s.cfg.PacketConn}
+	if n := s.cfg.UDPSockets - 1; n > 0 {
+		more, err := siblings(s.cfg.PacketConn, n)
+		if err != nil {
+			s.log.Warn().Err(err).Msg("stun/turn udp served by one socket: relaying is capped near one core")
+		}
+		udp = append(udp, more...)
 	}
-
-	udp := newGate(s, s.cfg.PacketConn, "udp", s.loops.Done)
-	s.loops.Add(1)
-	if err := s.startTURN(udp); err != nil {
-		s.loops.Done()
-		_ = s.cfg.PacketConn.Close()
+	s.mu.Lock()
+	s.udp = udp
+	s.mu.Unlock()
+	gates := make([]*gate, len(udp))
+	for i, pc := range udp {
+		setBuffers(pc)
+		gates[i] = newGate(s, pc, "udp", s.loops.Done)
+	}
+	s.loops.Add(len(gates))
+	if err := s.startTURN(gates...); err != nil {
+		s.loops.Add(-len(gates))
+		for _, pc := range udp {
+			_ = pc.Close()
+		}
 		if s.cfg.Listener != nil {
 			_ = s.cfg.Listener.Close()
 		}
 		return err
 	}
-	ev := s.log.Info().Str("udp", s.cfg.PacketConn.LocalAddr().String()).Str("relay_ip", s.cfg.RelayIP.String()).
-		Int("min_port", s.cfg.MinPort).Int("max_port", s.cfg.MaxPort)
+	ev := s.log.Info().Str("udp", s.cfg.PacketConn.LocalAddr().String()).Int("udp_sockets", len(udp)).
+		Str("relay_ip", s.cfg.RelayIP.String()).Int("min_port", s.cfg.MinPort).Int("max_port", s.cfg.MaxPort)
 	if s.cfg.Listener != nil {
 		ev = ev.Str("tcp", s.cfg.Listener.Addr().String())
 	}
@@ -132,24 +148,42 @@ func (s *Server) Run(ctx context.Context) error {
 	return acceptErr
 }
 
-// startTURN starts a pion server reading g. It shares the realm, the
-// credential handler and the policy with every other; its relay
-// generator is g itself.
-func (s *Server) startTURN(g *gate) error {
+// startTURN starts a pion server reading gates, which share the realm,
+// the credential handler, the policy and (within this pion server) the
+// nonce key. pion gives each PacketConn its own read loop and allocation
+// manager, and an allocation writes to its client through the socket its
+// Allocate came in on; each gate is its own relay generator.
+func (s *Server) startTURN(gates ...*gate) error {
+	cfgs := make([]turn.PacketConnConfig, len(gates))
+	for i, g := range gates {
+		cfgs[i] = turn.PacketConnConfig{PacketConn: g, RelayAddressGenerator: g, PermissionHandler: s.permissionHandler}
+	}
 	_, err := turn.NewServer(turn.ServerConfig{
-		Realm:         s.cfg.Realm,
-		AuthHandler:   s.authHandler,
-		LoggerFactory: s.pionLF,
-		PacketConnConfigs: []turn.PacketConnConfig{{
-			PacketConn:            g,
-			RelayAddressGenerator: g,
-			PermissionHandler:     s.permissionHandler,
-		}},
+		Realm:             s.cfg.Realm,
+		AuthHandler:       s.authHandler,
+		LoggerFactory:     s.pionLF,
+		PacketConnConfigs: cfgs,
 	})
 	if err != nil {
-		return fmt.Errorf("start turn server on %s: %w", g.LocalAddr(), err)
+		return fmt.Errorf("start turn server on %s: %w", gates[0].LocalAddr(), err)
 	}
 	return nil
+}
+
+// sockBuffer is the kernel buffer asked for on every UDP socket the relay
+// reads or writes (TESTING.md: the 208 KB default drops under load). The
+// kernel caps it at net.core.rmem_max / wmem_max; it is a ceiling, not an
+// allocation, so idle allocations cost nothing for it.
+const sockBuffer = 4 << 20
+
+// setBuffers enlarges pc's buffers, best effort.
+func setBuffers(pc net.PacketConn) {
+	if b, ok := pc.(interface{ SetReadBuffer(int) error }); ok {
+		_ = b.SetReadBuffer(sockBuffer)
+	}
+	if b, ok := pc.(interface{ SetWriteBuffer(int) error }); ok {
+		_ = b.SetWriteBuffer(sockBuffer)
+	}
 }
 
 // acceptLoop serves TCP connections until the listener is closed.
@@ -230,7 +264,12 @@ func (s *Server) shutdown(accepted <-chan struct{}) {
 		_ = s.cfg.Listener.Close()
 		<-accepted
 	}
-	_ = s.cfg.PacketConn.Close()
+	s.mu.Lock()
+	udp := s.udp
+	s.mu.Unlock()
+	for _, pc := range udp {
+		_ = pc.Close()
+	}
 	s.mu.Lock()
 	s.closing = true
 	tcp := make([]*gate, 0, len(s.tcp))
