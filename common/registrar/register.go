@@ -72,9 +72,13 @@ func (g *Registrar) handle(req *sip.Request) *sip.Response {
 	}
 	var res *sip.Response
 	if err == nil {
-		unlock := g.locks.lock(aor)
-		res, err = g.register(req, aor, user)
-		unlock()
+		if unlock, ok := g.locks.tryQueue(aor, g.cfg.MaxQueuedPerAOR); ok {
+			res, err = g.register(req, aor, user)
+			unlock()
+		} else {
+			err = refuse(503, "Service Unavailable",
+				sip.NewHeader("Retry-After", strconv.Itoa(int(g.cfg.RetryAfter/time.Second))))
+		}
 	}
 	if err != nil {
 		var re *regError

@@ -76,6 +76,9 @@ type Config struct {
 	// RetryAfter is sent with 503 when the overlay cannot be written; 0
 	// means 5s.
 	RetryAfter time.Duration
+	// MaxQueuedPerAOR bounds the REGISTERs of one AoR handled or waiting
+	// at once; past it, 503 with Retry-After at once. 0 means 16.
+	MaxQueuedPerAOR int
 	// MaxBindings bounds the bindings of one AoR at this node; 0 means 16.
 	// A record holds at most record.MaxEntries entries in all.
 	MaxBindings int
@@ -151,6 +154,9 @@ func New(cfg Config) (*Registrar, error) {
 		return nil, errors.New("registrar: MinExpires above MaxExpires")
 	}
 	cfg.DefaultExpires = min(max(cfg.DefaultExpires, cfg.MinExpires), cfg.MaxExpires)
+	if cfg.MaxQueuedPerAOR <= 0 {
+		cfg.MaxQueuedPerAOR = 16
+	}
 	if cfg.MaxBindings <= 0 {
 		cfg.MaxBindings = 16
 	}

@@ -275,3 +275,54 @@ func TestStateFromWrite(t *testing.T) {
 		t.Errorf("200 lists %q, want both bindings", got)
 	}
 }
+
+// TestPerAORQueueBound: past MaxQueuedPerAOR REGISTERs of one AoR handled
+// or waiting, the next is answered 503 with Retry-After at once instead
+// of queueing behind a slow write; the queued ones complete, and other
+// AoRs are not affected.
+func TestPerAORQueueBound(t *testing.T) {
+	g, st := newEdgeRegistrar(t)
+	g.cfg.MaxQueuedPerAOR = 3
+	block := make(chan struct{})
+	slow := &slowStore{memStore: st, block: block, slowAOR: "sip:slow@example.net", entered: make(chan struct{})}
+	g.cfg.Store = slow
+	done := make(chan int, 3)
+	reg := func(i int) *sip.Request {
+		return register("slow", "slow", fmt.Sprintf("sip:slow@192.0.2.%d:5060", 10+i), "UDP", fmt.Sprintf("192.0.2.%d:5060", 10+i), 600)
+	}
+	go func() { done <- g.handle(reg(0)).StatusCode }()
+	<-slow.entered
+	for i := 1; i <= 2; i++ {
+		go func() { done <- g.handle(reg(i)).StatusCode }()
+	}
+	// Wait until the two wait behind the first.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		g.locks.mu.Lock()
+		refs := 0
+		if k := g.locks.m["sip:slow@example.net"]; k != nil {
+			refs = k.refs
+		}
+		g.locks.mu.Unlock()
+		if refs == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d REGISTERs of slow's AoR in the queue, want 3", refs)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	res := g.handle(reg(3))
+	if res.StatusCode != 503 || res.GetHeader("Retry-After") == nil {
+		t.Fatalf("fourth REGISTER: %d %s, want 503 with Retry-After", res.StatusCode, res.Reason)
+	}
+	if c := g.handle(register("fast", "fast", "sip:fast@192.0.2.6:5060", "UDP", "192.0.2.6:5060", 600)).StatusCode; c != 200 {
+		t.Fatalf("another AoR: %d", c)
+	}
+	close(block)
+	for range 3 {
+		if c := <-done; c != 200 {
+			t.Errorf("queued REGISTER: %d", c)
+		}
+	}
+}
