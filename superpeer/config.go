@@ -92,6 +92,9 @@ type Config struct {
 	// EdgeMaxInFlight bounds SIP requests the edge handles at once; past
 	// it new ones get 503 with Retry-After (default 1000).
 	EdgeMaxInFlight int
+	// EdgeMaxWaiting bounds proxied SIP requests waiting for answers at
+	// the edge (siproute.Config.MaxWaiting); 0 means 64 × EdgeMaxInFlight.
+	EdgeMaxWaiting int
 	// ForeignDomain is the edge's answer to requests for domains other
 	// than the overlay: "403" (default) or "404".
 	ForeignDomain string

@@ -47,7 +47,7 @@ func (n *Node) buildEdge(cert tls.Certificate, advertised string) error {
 		UDP: udp, TCP: tcp,
 		TLS:   tls.NewListener(cfg.SIPTLS, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}),
 		Store: n.store, Router: n.router,
-		MaxInFlight: cfg.EdgeMaxInFlight, ForeignDomain: foreign, MinExpires: cfg.EdgeMinExpires,
+		MaxInFlight: cfg.EdgeMaxInFlight, MaxWaiting: cfg.EdgeMaxWaiting, ForeignDomain: foreign, MinExpires: cfg.EdgeMinExpires,
 		Log: n.log,
 	})
 	return err

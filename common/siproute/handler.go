@@ -18,12 +18,20 @@ func (r *Router) handle(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	defer r.handlers.Done()
+	release := func() {}
 	if r.cfg.MaxInFlight > 0 && !req.IsAck() && req.Method != sip.CANCEL {
 		// Past the limit, refuse at once with Retry-After rather than
 		// slowing every call down (ARCHITECTURE.md §8).
 		n := r.inflight.Add(1)
-		defer r.inflight.Add(-1)
-		if n > int64(r.cfg.MaxInFlight) {
+		released := false
+		release = func() {
+			if !released {
+				released = true
+				r.inflight.Add(-1)
+			}
+		}
+		defer release()
+		if n > int64(r.cfg.MaxInFlight) || r.waiting.Load() >= int64(r.maxWaiting()) {
 			r.stats.overload.Add(1)
 			res := sip.NewResponseFromRequest(req, 503, "Service Unavailable", nil)
 			res.AppendHeader(sip.NewHeader("Retry-After", strconv.Itoa(int(max(r.cfg.RetryAfter, time.Second)/time.Second))))
@@ -45,8 +53,15 @@ func (r *Router) handle(req *sip.Request, tx sip.ServerTransaction) {
 		// here matches nothing.
 		r.reply(req, tx, 481, "Call/Transaction Does Not Exist")
 	default:
-		r.handleRequest(req, tx, from)
+		r.handleRequest(req, tx, from, release)
 	}
+}
+
+func (r *Router) maxWaiting() int {
+	if r.cfg.MaxWaiting > 0 {
+		return r.cfg.MaxWaiting
+	}
+	return 64 * r.cfg.MaxInFlight
 }
 
 func (r *Router) handleRegister(req *sip.Request, tx sip.ServerTransaction, from origin) {
@@ -65,7 +80,8 @@ func (r *Router) handleRegister(req *sip.Request, tx sip.ServerTransaction, from
 // handleRequest routes and forwards a request statefully. req is sipgo's
 // and shared with the transaction (its 100 Trying timer reads it), so all
 // changes go to a clone.
-func (r *Router) handleRequest(req *sip.Request, tx sip.ServerTransaction, from origin) {
+// release ends the request's in-flight count once its branches are sent.
+func (r *Router) handleRequest(req *sip.Request, tx sip.ServerTransaction, from origin, release func()) {
 	in := req.Clone()
 	if d := checkRequest(in); d.code != 0 {
 		r.reply(req, tx, d.code, d.reason)
@@ -87,7 +103,7 @@ func (r *Router) handleRequest(req *sip.Request, tx sip.ServerTransaction, from 
 		}
 		return
 	}
-	r.proxy(req, in, tx, from, d.targets)
+	r.proxy(req, in, tx, from, d.targets, release)
 }
 
 // handleAck forwards an ACK for a 2xx statelessly: it is a request of its

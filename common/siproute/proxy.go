@@ -37,7 +37,7 @@ type event struct {
 // 500). An upstream CANCEL, which sipgo has already answered with 200 and
 // 487, cancels every pending branch. orig is sipgo's copy of the request,
 // used only to build our own responses.
-func (r *Router) proxy(orig, in *sip.Request, tx sip.ServerTransaction, from origin, targets []target) {
+func (r *Router) proxy(orig, in *sip.Request, tx sip.ServerTransaction, from origin, targets []target, release func()) {
 	ctx, cancel := context.WithCancel(r.runCtx)
 	defer cancel()
 	invite := in.IsInvite()
@@ -85,6 +85,11 @@ func (r *Router) proxy(orig, in *sip.Request, tx sip.ServerTransaction, from ori
 		go r.watch(ctx, b, events)
 	}
 
+	// From here on the request only waits for answers: it leaves the
+	// in-flight count (work) for the waiting count (memory).
+	release()
+	r.waiting.Add(1)
+	defer r.waiting.Add(-1)
 	pending := len(branches)
 	answered := false // a final response went upstream (or sipgo sent 487)
 	success := false  // that response was a 2xx

@@ -105,9 +105,18 @@ type Config struct {
 	// step 11) before it is cancelled; 0 means 3 minutes.
 	TimerC time.Duration
 
-	// MaxInFlight bounds requests being handled at once; past it new
-	// requests get 503 with Retry-After (0: no limit).
+	// MaxInFlight bounds requests being handled at once (parsed, routed,
+	// looked up, written to the store: the work that costs CPU); past it
+	// new requests get 503 with Retry-After (0: no limit). A proxied
+	// request stops counting once its branches are sent: then it only
+	// waits for answers, and counts in MaxWaiting.
 	MaxInFlight int
+	// MaxWaiting bounds proxied requests waiting for their answers (up to
+	// Timer B/F, 32 s, for a target that never answers); past it new
+	// requests get 503 too. 0 means 64 × MaxInFlight. Without the split, a
+	// burst of requests to a silent target held every in-flight slot for
+	// 32 s and the node refused everything else meanwhile.
+	MaxWaiting int
 	// RetryAfter is the Retry-After of those 503s; 0 means 1s.
 	RetryAfter time.Duration
 
@@ -127,6 +136,7 @@ type Router struct {
 	tun      *tunnel
 	stats    counters
 	inflight atomic.Int64
+	waiting  atomic.Int64 // proxied requests past their branches' start
 
 	mu sync.Mutex // guards state, runCtx and stop; handlers.Add happens under it
 	// state is 0 before Serve, 1 while serving, 2 after.

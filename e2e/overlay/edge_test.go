@@ -620,13 +620,14 @@ func TestEdgeAuthPolicy(t *testing.T) {
 	})
 }
 
-// TestEdgeOverload: with a small in-flight limit a burst of calls gets 503
-// with Retry-After for what does not fit, and service is normal once it
-// has passed.
+// TestEdgeOverload: with small in-flight and waiting limits a burst of
+// calls gets 503 with Retry-After for what does not fit, and service is
+// normal once it has passed.
 func TestEdgeOverload(t *testing.T) {
 	o, sps := edgeOverlay(t, 2, func(i int, c *superpeer.Config) {
 		if i == 0 {
 			c.EdgeMaxInFlight = 4
+			c.EdgeMaxWaiting = 8
 		}
 	})
 	edgeAddr := sps[0].Node.SIPAddr()
@@ -679,5 +680,60 @@ func TestEdgeOverload(t *testing.T) {
 		if res := u.do(t, inv, edgeAddr, "UDP"); res.StatusCode != 486 {
 			t.Errorf("after the burst: %s, want bob's 486", res.StartLine())
 		}
+	}
+}
+
+// TestEdgeWaitingCallsDoNotStarve: requests whose targets take long to
+// answer leave the in-flight count once they are forwarded, so ringing
+// calls (or requests to a silent target, which wait out Timer F) do not
+// make the edge refuse everything else with 503.
+func TestEdgeWaitingCallsDoNotStarve(t *testing.T) {
+	o, sps := edgeOverlay(t, 2, func(i int, c *superpeer.Config) {
+		if i == 0 {
+			c.EdgeMaxInFlight = 4
+		}
+	})
+	edgeAddr := sps[0].Node.SIPAddr()
+	b := o.StartAgent("bob", sps[1])
+	bob := phone.New(t, phone.Config{Name: "bob", User: "bob", Domain: o.Name, Proxy: b.SIPAddr(), Log: o.Log})
+	phone.MustRegister(t, bob)
+	bob.SetBehaviour(phone.RingForever)
+
+	const ringing = 12 // three times the in-flight limit
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	// One after another (a burst arriving at once may exceed the
+	// in-flight limit while being routed, which is what it is for).
+	for i := range ringing {
+		before := bob.Invites.Load()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			u := newEdgeUA(t, o, "ring-"+strconv.Itoa(i))
+			inv := sip.NewRequest(sip.INVITE, phone.URI("bob", o.Name))
+			edgeDialogHeaders(inv, "ring", "example.org", "bob", o.Name)
+			inv.SetDestination(edgeAddr)
+			u.cli.Do(ctx, inv) //nolint:errcheck // ends with the test
+		}()
+		harness.Eventually(t, 10*time.Second, func() error {
+			if bob.Invites.Load() == before {
+				return fmt.Errorf("call %d does not ring at bob's phone", i+1)
+			}
+			return nil
+		})
+	}
+	// Twelve calls ring through the edge; it still serves others.
+	bob.SetBehaviour(phone.Answer(0, 486))
+	for i := range 3 {
+		u := newEdgeUA(t, o, "other-"+strconv.Itoa(i))
+		inv := sip.NewRequest(sip.INVITE, phone.URI("bob", o.Name))
+		edgeDialogHeaders(inv, "other", "example.org", "bob", o.Name)
+		if res := u.do(t, inv, edgeAddr, "UDP"); res.StatusCode != 486 {
+			t.Errorf("with %d calls ringing: %s, want bob's 486", ringing, res.StartLine())
+		}
+	}
+	if s := sps[0].Node.Edge().Stats(); s.Overload != 0 {
+		t.Errorf("edge refused %d requests as overloaded", s.Overload)
 	}
 }

@@ -59,7 +59,10 @@ type Config struct {
 	// MaxInFlight bounds SIP requests handled at once; past it the edge
 	// answers 503 with Retry-After (RetryAfter, 0: 1s). 0 means 1000.
 	MaxInFlight int
-	RetryAfter  time.Duration
+	// MaxWaiting bounds proxied requests waiting for answers
+	// (siproute.Config.MaxWaiting; 0: 64 × MaxInFlight).
+	MaxWaiting int
+	RetryAfter time.Duration
 	// ForeignDomain is the status for requests to domains other than the
 	// overlay: 403 (0 too) or 404.
 	ForeignDomain int
@@ -134,7 +137,7 @@ func build(cfg Config) (*Edge, error) {
 		Locator: locator{cfg.Store}, Sender: sender{e}, Local: e.reg,
 		RecordRouteHost: cfg.Host, RecordRoutePort: cfg.Port,
 		Register: e.handleRegister, Admit: e.admit, ForeignDomain: cfg.ForeignDomain,
-		MaxInFlight: cfg.MaxInFlight, RetryAfter: cfg.RetryAfter, Log: cfg.Log,
+		MaxInFlight: cfg.MaxInFlight, MaxWaiting: cfg.MaxWaiting, RetryAfter: cfg.RetryAfter, Log: cfg.Log,
 	})
 	if err != nil {
 		return nil, err
