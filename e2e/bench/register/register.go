@@ -97,7 +97,14 @@ func (l Load) Run(tb testing.TB, rate int, d time.Duration) Step {
 		procs[i] = sipp.Start(ctx, tb, fmt.Sprintf("%s-%d-%s", l.Name, rate, user), "", l.Target,
 			"-sf", l.Scenario, "-s", user, "-au", cred.Username, "-ap", cred.Password, "-set", "domain", l.Domain,
 			"-r", strconv.Itoa(per), "-m", strconv.Itoa(n), "-l", strconv.Itoa(2*per+10),
-			"-recv_timeout", "5000", "-buff_size", "4194304")
+			"-recv_timeout", "5000", "-buff_size", "4194304",
+			// No default behaviours: SIPp "aborts" a failed registration
+			// with a BYE, which a registrar forwards to the contact just
+			// registered — this SIPp, which drops it — and which then
+			// waits out Timer F there, retransmitting: load of the bench's
+			// own making that a Kamailio registrar, answering BYE itself,
+			// never sees.
+			"-nd")
 	}
 	s := Step{Rate: per * users, Duration: d}
 	for _, p := range procs {
