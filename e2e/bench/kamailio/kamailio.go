@@ -6,7 +6,6 @@
 package kamailio
 
 import (
-	"bytes"
 	"embed"
 	"fmt"
 	"os"
@@ -15,7 +14,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -142,7 +140,7 @@ func Start(tb testing.TB, cfg Config) *Server {
 	if err := os.WriteFile(cfgPath, []byte(text), 0o644); err != nil {
 		tb.Fatal(err)
 	}
-	out := &lockedBuffer{}
+	out := &sipp.OutputBuffer{}
 	cmd := exec.Command(path, "-f", cfgPath, "-m", "4096", "-M", "64", "-DD", "-E", "-Y", dir, "-w", dir)
 	cmd.Stdout, cmd.Stderr = out, out
 	// Its own process group: -DD keeps the main process in front, but its
@@ -239,21 +237,4 @@ func StripAuth(cfg string) string {
 		keep = append(keep, l)
 	}
 	return strings.Join(keep, "\n")
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

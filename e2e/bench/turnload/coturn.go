@@ -1,18 +1,15 @@
 package turnload
 
 import (
-	"bytes"
 	"fmt"
-	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/p2psip/p2psip/e2e/harness/sipp"
 )
 
 // Coturn is a running coturn (Debian package coturn) on 127.0.0.1 with
@@ -45,8 +42,8 @@ func StartCoturn(tb testing.TB, realm string, secret []byte) *Coturn {
 		tb.Skip(why)
 	}
 	dir := tb.TempDir()
-	port := freePort(tb)
-	out := &lockedBuffer{}
+	port := sipp.FreeUDPPort(tb)
+	out := &sipp.OutputBuffer{}
 	cmd := exec.Command("turnserver", "-n",
 		"--listening-ip", "127.0.0.1", "--listening-port", strconv.Itoa(port),
 		"--relay-ip", "127.0.0.1", "--min-port", "40000", "--max-port", "48999",
@@ -78,7 +75,7 @@ func StartCoturn(tb testing.TB, realm string, secret []byte) *Coturn {
 		syscall.Kill(-pgid, syscall.SIGKILL) //nolint:errcheck // leftovers, usually none
 	})
 	deadline := time.Now().Add(10 * time.Second)
-	for !bound(port) {
+	for !sipp.Bound(port) {
 		select {
 		case <-done:
 			tb.Fatalf("turnserver exited: %v\n%s", werr, tail(out.String()))
@@ -92,62 +89,9 @@ func StartCoturn(tb testing.TB, realm string, secret []byte) *Coturn {
 	return &Coturn{Addr: fmt.Sprintf("127.0.0.1:%d", port), Realm: realm, Secret: secret}
 }
 
-// freePort finds a loopback port free for UDP and TCP right now.
-func freePort(tb testing.TB) int {
-	tb.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp4", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		pc, err := net.ListenPacket("udp4", l.Addr().String())
-		l.Close()
-		if err == nil {
-			pc.Close()
-			return port
-		}
-	}
-	tb.Fatal("no free port")
-	return 0
-}
-
-// bound reports whether a UDP socket is bound to the loopback port
-// (/proc/net/udp), without touching it.
-func bound(port int) bool {
-	b, err := os.ReadFile("/proc/net/udp")
-	if err != nil {
-		return false
-	}
-	want := fmt.Sprintf(":%04X", port)
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) > 1 && strings.HasSuffix(f[1], want) {
-			return true
-		}
-	}
-	return false
-}
-
 func tail(s string) string {
 	if len(s) > 4000 {
 		return "..." + s[len(s)-4000:]
 	}
 	return s
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

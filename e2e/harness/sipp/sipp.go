@@ -57,7 +57,7 @@ type Proc struct {
 	// response-time files are there.
 	Dir  string
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *OutputBuffer
 	done chan struct{}
 	err  error
 	// Started is when the process was started.
@@ -74,7 +74,7 @@ type Proc struct {
 func Start(ctx context.Context, t testing.TB, name, scenario string, args ...string) *Proc {
 	t.Helper()
 	bin := Bin(t)
-	p := &Proc{Name: name, Dir: t.TempDir(), out: &lockedBuffer{}, done: make(chan struct{})}
+	p := &Proc{Name: name, Dir: t.TempDir(), out: &OutputBuffer{}, done: make(chan struct{})}
 	if scenario != "" {
 		sf, err := Scenario(p.Dir, scenario)
 		if err != nil {
@@ -329,18 +329,21 @@ func tail(s string, n int) string {
 	return s
 }
 
-type lockedBuffer struct {
+// OutputBuffer collects a child process's stdout and stderr; safe to
+// read while the process writes (SIPp here, Kamailio and coturn in the
+// benchmarks).
+type OutputBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *OutputBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *OutputBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
