@@ -24,6 +24,7 @@ import (
 
 	"github.com/p2psip/p2psip/common/siproute"
 	"github.com/p2psip/p2psip/e2e/bench/kamailio"
+	"github.com/p2psip/p2psip/e2e/bench/ramp"
 	"github.com/p2psip/p2psip/e2e/harness"
 	"github.com/p2psip/p2psip/e2e/harness/sipp"
 )
@@ -328,50 +329,20 @@ type Ramp struct {
 // every step run, holds included.
 func (r *Rig) MaxRate(tb testing.TB, c Ramp) (best Step, ramped int, steps []Step) {
 	tb.Helper()
-	run := func(rate int, d time.Duration) Step {
-		s := r.Run(tb, rate, d)
-		steps = append(steps, s)
-		if c.Log != nil {
-			c.Log("%s: %v", r.Name, s)
-		}
-		return s
+	var last Step
+	held, ramped := ramp.Search(ramp.Config{Start: c.Start, Limit: c.Limit, Bisect: c.Bisect, Step: c.Step, Hold: c.Hold, HoldTries: c.HoldTries},
+		func(rate int, d time.Duration) bool {
+			last = r.Run(tb, rate, d)
+			steps = append(steps, last)
+			if c.Log != nil {
+				c.Log("%s: %v", r.Name, last)
+			}
+			return last.OK()
+		})
+	if held == 0 {
+		return Step{}, ramped, steps
 	}
-	lastOK, firstFail := 0, 0
-	for rate := c.Start; rate <= c.Limit; rate *= 2 {
-		if !run(rate, c.Step).OK() {
-			firstFail = rate
-			break
-		}
-		lastOK = rate
-	}
-	for range c.Bisect {
-		if lastOK == 0 || firstFail == 0 || firstFail-lastOK <= lastOK/8 {
-			break
-		}
-		mid := roundRate((lastOK + firstFail) / 2)
-		if run(mid, c.Step).OK() {
-			lastOK = mid
-		} else {
-			firstFail = mid
-		}
-	}
-	rate := lastOK
-	for try := 0; try < c.HoldTries && rate > 0; try++ {
-		if s := run(rate, c.Hold); s.OK() {
-			return s, lastOK, steps
-		}
-		rate = roundRate(rate * 80 / 100)
-	}
-	return Step{}, lastOK, steps
-}
-
-// roundRate rounds to two significant digits, for readable steps.
-func roundRate(r int) int {
-	m := 1
-	for r/m >= 100 {
-		m *= 10
-	}
-	return max(r/m*m, 1)
+	return last, ramped, steps
 }
 
 // traceLatencies reads a SIPp -trace_msg file and returns, per call, the

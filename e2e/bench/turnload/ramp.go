@@ -1,6 +1,10 @@
 package turnload
 
-import "time"
+import (
+	"time"
+
+	"github.com/p2psip/p2psip/e2e/bench/ramp"
+)
 
 // Ramp configures MaxRate.
 type Ramp struct {
@@ -21,48 +25,18 @@ type Ramp struct {
 // MaxRate finds the highest offered rate relayed with no loss. It returns
 // the passing hold (Rate 0 when none passed) and every step.
 func (l *Load) MaxRate(name string, c Ramp) (best Step, steps []Step) {
-	run := func(rate int, d time.Duration) Step {
-		s := l.Send(c.Through, rate, d)
-		steps = append(steps, s)
-		if c.Log != nil {
-			c.Log("%s: %v", name, s)
-		}
-		return s
+	var last Step
+	held, _ := ramp.Search(ramp.Config{Start: c.Start, Limit: c.Limit, Bisect: c.Bisect, Step: c.Step, Hold: c.Hold, HoldTries: c.HoldTries},
+		func(rate int, d time.Duration) bool {
+			last = l.Send(c.Through, rate, d)
+			steps = append(steps, last)
+			if c.Log != nil {
+				c.Log("%s: %v", name, last)
+			}
+			return last.OK()
+		})
+	if held == 0 {
+		return Step{}, steps
 	}
-	lastOK, firstFail := 0, 0
-	for rate := c.Start; rate <= c.Limit; rate *= 2 {
-		if !run(rate, c.Step).OK() {
-			firstFail = rate
-			break
-		}
-		lastOK = rate
-	}
-	for range c.Bisect {
-		if lastOK == 0 || firstFail == 0 || firstFail-lastOK <= lastOK/8 {
-			break
-		}
-		mid := round2((lastOK + firstFail) / 2)
-		if run(mid, c.Step).OK() {
-			lastOK = mid
-		} else {
-			firstFail = mid
-		}
-	}
-	rate := lastOK
-	for try := 0; try < c.HoldTries && rate > 0; try++ {
-		if s := run(rate, c.Hold); s.OK() {
-			return s, steps
-		}
-		rate = round2(rate * 80 / 100)
-	}
-	return Step{}, steps
-}
-
-// round2 rounds down to two significant digits.
-func round2(r int) int {
-	m := 1
-	for r/m >= 100 {
-		m *= 10
-	}
-	return max(r/m*m, 1)
+	return last, steps
 }
