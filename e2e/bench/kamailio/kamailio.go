@@ -14,7 +14,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -140,48 +139,13 @@ func Start(tb testing.TB, cfg Config) *Server {
 	if err := os.WriteFile(cfgPath, []byte(text), 0o644); err != nil {
 		tb.Fatal(err)
 	}
-	out := &sipp.OutputBuffer{}
 	cmd := exec.Command(path, "-f", cfgPath, "-m", "4096", "-M", "64", "-DD", "-E", "-Y", dir, "-w", dir)
-	cmd.Stdout, cmd.Stderr = out, out
-	// Its own process group: -DD keeps the main process in front, but its
-	// workers are children that must go with it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		tb.Fatalf("start kamailio: %v", err)
-	}
-	done := make(chan struct{})
-	var werr error
-	go func() {
-		werr = cmd.Wait()
-		close(done)
-	}()
-	tb.Cleanup(func() {
-		pgid := cmd.Process.Pid
-		syscall.Kill(-pgid, syscall.SIGTERM) //nolint:errcheck // may have exited
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			syscall.Kill(-pgid, syscall.SIGKILL) //nolint:errcheck
-			<-done
-		}
-		// Workers that outlived the main process.
-		syscall.Kill(-pgid, syscall.SIGKILL) //nolint:errcheck // usually none left
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for !sipp.Bound(port) {
-		select {
-		case <-done:
-			tb.Fatalf("kamailio exited: %v\n%s", werr, out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("kamailio not listening after 10s\n%s", out.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	// Its own process group (StartServer): -DD keeps the main process in
+	// front, but its workers are children that must go with it.
+	sipp.StartServer(tb, "kamailio", cmd, port)
 	// The workers start after the socket is bound: wait until the
 	// process group has them all (main, timers and the UDP children).
-	deadline = time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
 	for len(group(cmd.Process.Pid)) < cfg.Children+1 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}

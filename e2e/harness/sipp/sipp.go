@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -347,4 +348,50 @@ func (l *OutputBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// StartServer runs cmd (a UDP server SIPp or a load client talks to:
+// Kamailio, coturn) in a process group of its own until the test ends,
+// and waits until it has bound port on loopback. Its output goes to the
+// returned buffer; it is shown when the server exits early or does not
+// bind within 10 s. At cleanup the group gets SIGTERM, SIGKILL 5 s later,
+// and SIGKILL again for workers that outlived the main process.
+func StartServer(tb testing.TB, name string, cmd *exec.Cmd, port int) *OutputBuffer {
+	tb.Helper()
+	out := &OutputBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("start %s: %v", name, err)
+	}
+	done := make(chan struct{})
+	var werr error
+	go func() {
+		werr = cmd.Wait()
+		close(done)
+	}()
+	tb.Cleanup(func() {
+		pgid := cmd.Process.Pid
+		syscall.Kill(-pgid, syscall.SIGTERM) //nolint:errcheck // may have exited
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			syscall.Kill(-pgid, syscall.SIGKILL) //nolint:errcheck
+			<-done
+		}
+		syscall.Kill(-pgid, syscall.SIGKILL) //nolint:errcheck // leftover workers, usually none
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for !Bound(port) {
+		select {
+		case <-done:
+			tb.Fatalf("%s exited: %v\n%s", name, werr, tail(out.String(), 4000))
+		default:
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s not listening after 10s\n%s", name, tail(out.String(), 4000))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return out
 }
