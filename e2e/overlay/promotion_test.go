@@ -56,7 +56,6 @@ func promotableAgent(t *testing.T, o *harness.Overlay, user string, sp *harness.
 		t.Fatal(err)
 	}
 	cfg := o.AgentConfig(user, sp)
-	cfg.SIPUDP, cfg.SIPTCP = sipSockets(t)
 	cfg.Role = "auto"
 	cfg.Promoter = pn
 	if wrap != nil {
@@ -347,27 +346,4 @@ func TestPromotionForbidden(t *testing.T) {
 	if wire.CodeOf(err) != wire.CodeForbidden || !strings.Contains(err.Error(), "dialback is for super peers") {
 		t.Fatalf("dialback from a client: %v", err)
 	}
-}
-
-// sipSockets binds a UDP and a TCP socket on one ephemeral loopback port
-// for an agent's SIP side. Binding UDP on :0 and then TCP on its port (as
-// the agent does for SIPListen 127.0.0.1:0) fails now and then when
-// another test holds that TCP port; here a clash just means another try.
-func sipSockets(t *testing.T) (net.PacketConn, net.Listener) {
-	t.Helper()
-	for range 20 {
-		tcp, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		udp, err := net.ListenPacket("udp", tcp.Addr().String())
-		if err != nil {
-			tcp.Close()
-			continue
-		}
-		t.Cleanup(func() { udp.Close(); tcp.Close() })
-		return udp, tcp
-	}
-	t.Fatal("no free UDP+TCP port pair on 127.0.0.1")
-	return nil, nil
 }
