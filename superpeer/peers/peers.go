@@ -155,6 +155,22 @@ func (p *Pool) Request(ctx context.Context, to ids.PeerID, t wire.Type, body any
 // Conn returns the link to a super peer, dialling it if needed.
 func (p *Pool) Conn(ctx context.Context, to ids.PeerID) (*link.Conn, error) { return p.get(ctx, to) }
 
+// Up returns the established link to a super peer, or nil when there is
+// none open right now (never dials or waits): the tunnel forwarding fast
+// path, which costs no context or timer per frame.
+func (p *Pool) Up(to ids.PeerID) *link.Conn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s := p.conns[to]; s != nil && s.conn != nil {
+		select {
+		case <-s.conn.Done():
+		default:
+			return s.conn
+		}
+	}
+	return nil
+}
+
 func (p *Pool) get(ctx context.Context, to ids.PeerID) (*link.Conn, error) {
 	if to == p.cfg.Self {
 		return nil, fmt.Errorf("peers: link to self")

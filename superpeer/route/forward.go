@@ -147,7 +147,7 @@ func (r *Router) toSuperPeer(from *link.Conn, sp ids.PeerID, f *wire.Frame) {
 	// Fast path, nearly every frame: the link is up. Sending here keeps
 	// the frames of one reader in order and costs no goroutine, context
 	// or timer per frame (which was a tenth of a call's CPU).
-	if c := r.cachedLink(sp); c != nil {
+	if c := r.openLink(sp); c != nil {
 		switch err := c.Send(f); {
 		case err == nil:
 			r.m.forwarded.Inc()
@@ -157,7 +157,6 @@ func (r *Router) toSuperPeer(from *link.Conn, sp ids.PeerID, f *wire.Frame) {
 			return
 		}
 		// Closed under us: the slow path redials.
-		r.links.CompareAndDelete(sp, c)
 	}
 	r.wg.Add(1)
 	go func() {
@@ -187,7 +186,6 @@ func (r *Router) sendTo(ctx context.Context, from *link.Conn, sp ids.PeerID, f *
 		return
 	}
 	c, err := r.cfg.Links.Conn(ctx, sp)
-	linked := err == nil // c is sp's own link, not a substitute's
 	if err != nil {
 		// The hint may name a super peer that just died; the agent has
 		// reattached elsewhere and said so in its peer record.
@@ -215,9 +213,6 @@ func (r *Router) sendTo(ctx context.Context, from *link.Conn, sp ids.PeerID, f *
 		}
 		r.fail(from, f, wire.Errorf(wire.CodeUnknownPeer, "super peer %s: %v", sp.Short(), err))
 		return
-	}
-	if linked {
-		r.links.Store(sp, c)
 	}
 	r.m.forwarded.Inc()
 }
@@ -305,22 +300,11 @@ func (r *Router) Send(dst, hint ids.PeerID, txid uint64, payload []byte) error {
 	return nil
 }
 
-// cachedLink returns the link last used to super peer sp if it is still
-// open and sp is not blocked for a test; nil sends the frame the slow way.
-func (r *Router) cachedLink(sp ids.PeerID) *link.Conn {
-	v, ok := r.links.Load(sp)
-	if !ok {
-		return nil
-	}
-	c := v.(*link.Conn)
-	select {
-	case <-c.Done():
-		r.links.CompareAndDelete(sp, c)
-		return nil
-	default:
-	}
+// openLink returns the open link to super peer sp unless sp is blocked
+// for a test; nil sends the frame the slow way (dial, fallbacks).
+func (r *Router) openLink(sp ids.PeerID) *link.Conn {
 	if _, blocked := r.blocked.Load(sp); blocked {
 		return nil
 	}
-	return c
+	return r.cfg.Links.Up(sp)
 }

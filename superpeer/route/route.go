@@ -29,6 +29,8 @@ import (
 // Links reaches other super peers.
 type Links interface {
 	Conn(ctx context.Context, to ids.PeerID) (*link.Conn, error)
+	// Up is the open link to a super peer, nil when there is none now.
+	Up(to ids.PeerID) *link.Conn
 }
 
 // Records reads the store (peer records: where an agent is attached now).
@@ -74,10 +76,6 @@ type Router struct {
 	wg sync.WaitGroup // lookups and dials in flight
 
 	blocked sync.Map // ids.PeerID → bool (drop silently): super peers BlockForTest/DropForTest cut off
-	// links caches the link last used to each super peer (ids.PeerID →
-	// *link.Conn), so that a frame for a super peer already linked is
-	// sent on the reader without a goroutine or a context (forward.go).
-	links sync.Map
 }
 
 // New builds a router.
