@@ -13,7 +13,6 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/p2psip/p2psip/common/auth"
 	"github.com/p2psip/p2psip/common/record"
+	"github.com/p2psip/p2psip/e2e/harness/sipp"
 )
 
 // bin is the p2psip binary TestMain builds; the tests run it as operators
@@ -122,28 +122,10 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// syncBuffer collects a child's stderr while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // process is a running super peer.
 type process struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *sipp.OutputBuffer
 	done   chan struct{}
 	err    error // valid after done
 }
@@ -155,7 +137,7 @@ func startSuperpeer(t *testing.T, dir string, env []string, args ...string) *pro
 	cmd := exec.Command(bin, append([]string{"superpeer"}, args...)...)
 	cmd.Dir = dir
 	cmd.Env = baseEnv(env...)
-	p := &process{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p := &process{cmd: cmd, stderr: &sipp.OutputBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.stderr, p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/p2psip/p2psip/e2e/harness/sipp"
 )
 
 // TestDemo runs `p2psip demo` as a newcomer does: it places its test call,
@@ -27,7 +29,7 @@ func TestDemo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stderr := &syncBuffer{}
+	stderr := &sipp.OutputBuffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
