@@ -15,20 +15,19 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"runtime"
-	"runtime/debug"
-	"runtime/metrics"
 	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/p2psip/p2psip/common/gctune"
 )
 
 // version is set at link time (Makefile: -X main.version=...).
 var version = "dev"
 
 func main() {
-	tuneGC()
+	gctune.Tune()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// After the first signal, restore the default handling so that a second
 	// Ctrl-C kills a process whose graceful stop hangs.
@@ -43,63 +42,6 @@ func main() {
 		fmt.Fprintf(os.Stderr, "p2psip: %v\n", err)
 		os.Exit(1)
 	}
-}
-
-// gcHeadroom is the least the heap may grow between two collections when
-// GOGC is unset.
-const gcHeadroom = 64 << 20
-
-// tuneGC lets the heap grow between collections by the larger of its live
-// size (Go's default, GOGC=100) and gcHeadroom, unless GOGC is set. The
-// SIP path allocates about 150 KB per call across its nodes with a live
-// heap of a few tens of MiB, so with the default a node carrying calls
-// collects several times a second and the GC takes a fifth of its CPU
-// (issue 7). The floor bounds the extra memory to 64 MiB, and a super peer
-// whose live heap is large anyway (100,000 attached agents) keeps Go's
-// default, so its memory per agent is unchanged. An operator's GOGC wins,
-// and GOMEMLIMIT, which Go applies itself, still caps the total.
-func tuneGC() {
-	if _, set := os.LookupEnv("GOGC"); set {
-		return
-	}
-	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
-	cur := 100
-	var onGC func(*gcSentinel)
-	onGC = func(s *gcSentinel) {
-		metrics.Read(sample)
-		if sample[0].Value.Kind() == metrics.KindUint64 {
-			if p := gcPercentFor(sample[0].Value.Uint64(), gcHeadroom); p != cur {
-				debug.SetGCPercent(p)
-				cur = p
-			}
-		}
-		// Re-arming resurrects s until the next collection: one call per
-		// GC cycle, on the finalizer goroutine, with no goroutine of ours.
-		runtime.SetFinalizer(s, onGC)
-	}
-	runtime.SetFinalizer(&gcSentinel{p: new(int)}, onGC)
-}
-
-// gcSentinel is unreachable garbage whose finalizer runs once per GC
-// cycle. The pointer keeps it out of the tiny allocator, whose objects'
-// finalizers may never run.
-type gcSentinel struct{ p *int }
-
-// gcPercentFor is the GOGC that gives a heap of live bytes headroom bytes
-// to grow: at least 100, rounded to tens so that small changes of the live
-// heap do not reset it every cycle, at most 1000 (a near-empty heap).
-func gcPercentFor(live, headroom uint64) int {
-	if live == 0 {
-		return 1000
-	}
-	p := headroom * 100 / live
-	switch {
-	case p <= 100:
-		return 100
-	case p >= 1000:
-		return 1000
-	}
-	return int(p+9) / 10 * 10
 }
 
 // newApp builds the command tree. Errors are printed once, by main: the

@@ -22,6 +22,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/p2psip/p2psip/common/gctune"
 	"github.com/p2psip/p2psip/common/siproute"
 	"github.com/p2psip/p2psip/e2e/bench/kamailio"
 	"github.com/p2psip/p2psip/e2e/bench/ramp"
@@ -46,6 +47,7 @@ type Rig struct {
 func NewOverlay(tb testing.TB) *Rig {
 	tb.Helper()
 	sipp.Bin(tb)
+	gctune.Tune() // the overlay in this process collects as the binary does
 	o := harness.New(tb)
 	o.Log = o.Log.Level(zerolog.WarnLevel)
 	sp1, sp2 := o.Start(), o.Start()

@@ -1,4 +1,4 @@
-package main
+package gctune
 
 import (
 	"os"
@@ -24,8 +24,8 @@ func TestGCPercentFor(t *testing.T) {
 		{7 * mib, 920},   // 914 → 920
 		{6500 * 1024, 1000},
 	} {
-		if got := gcPercentFor(c.live, gcHeadroom); got != c.want {
-			t.Errorf("gcPercentFor(%d MiB) = %d, want %d", c.live/mib, got, c.want)
+		if got := percentFor(c.live, Headroom); got != c.want {
+			t.Errorf("percentFor(%d MiB) = %d, want %d", c.live/mib, got, c.want)
 		}
 	}
 }
@@ -33,13 +33,13 @@ func TestGCPercentFor(t *testing.T) {
 // The tuner raises GOGC for a small heap once a collection has run. (It
 // stays installed for the rest of this test binary, which only changes
 // how often the other tests collect.)
-func TestTuneGC(t *testing.T) {
+func TestTune(t *testing.T) {
 	if _, set := os.LookupEnv("GOGC"); set {
 		t.Skip("GOGC is set in the environment")
 	}
 	old := debug.SetGCPercent(100)
 	defer debug.SetGCPercent(old)
-	tuneGC()
+	Tune()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		runtime.GC()
