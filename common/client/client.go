@@ -139,8 +139,18 @@ func (s *Session) PutState(ctx context.Context, rec *record.Record) (*wire.Store
 
 // Get fetches the live entries of a record.
 func (s *Session) Get(ctx context.Context, kind record.Kind, name string) (*record.Record, error) {
+	return s.get(ctx, &wire.FetchReq{Kind: kind, Name: name})
+}
+
+// GetOne is a routing read (wire.FetchReq.One): one replica's live copy,
+// a quorum read only when it has none. SIP routing uses it.
+func (s *Session) GetOne(ctx context.Context, kind record.Kind, name string) (*record.Record, error) {
+	return s.get(ctx, &wire.FetchReq{Kind: kind, Name: name, One: true})
+}
+
+func (s *Session) get(ctx context.Context, req *wire.FetchReq) (*record.Record, error) {
 	var resp wire.FetchResp
-	if err := s.call(ctx, wire.TypeFetch, &wire.FetchReq{Kind: kind, Name: name}, &resp); err != nil {
+	if err := s.call(ctx, wire.TypeFetch, req, &resp); err != nil {
 		return nil, err
 	}
 	if resp.Record == nil {

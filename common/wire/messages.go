@@ -91,10 +91,13 @@ type StoreResp struct {
 	Record *record.Record `cbor:"3,keyasint,omitempty"`
 }
 
-// FetchReq names one record.
+// FetchReq names one record. One asks for a routing read: one replica's
+// live copy is enough (the super peer's own when it is a replica), and a
+// quorum read is made only when that copy has no live entry.
 type FetchReq struct {
 	Kind record.Kind `cbor:"1,keyasint"`
 	Name string      `cbor:"2,keyasint"`
+	One  bool        `cbor:"3,keyasint,omitempty"`
 }
 
 // FetchResp carries a record (nil: the replica holds nothing).

@@ -382,11 +382,20 @@ func (s store) Get(ctx context.Context, aor string) (*record.Record, error) {
 	return sess.Get(ctx, record.KindLocation, aor)
 }
 
+// getOne is the routing read (client.Session.GetOne).
+func (s store) getOne(ctx context.Context, aor string) (*record.Record, error) {
+	sess, err := s.a.up.Session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return sess.GetOne(ctx, record.KindLocation, aor)
+}
+
 // locator adapts the uplink session to the router's Locator.
 type locator struct{ a *Agent }
 
 func (l locator) Lookup(ctx context.Context, aor string) ([]record.Contact, error) {
-	rec, err := store(l).Get(ctx, aor)
+	rec, err := store(l).getOne(ctx, aor)
 	cs, err := siproute.Contacts(aor, rec, err)
 	l.a.send.learnContacts(cs) // relayed addresses for the TURN fallback
 	return cs, err

@@ -24,6 +24,7 @@ type Store interface {
 	Put(ctx context.Context, w store.Writer, rec *record.Record) (store.Result, error)
 	PutState(ctx context.Context, w store.Writer, rec *record.Record) (store.Result, *record.Record, error)
 	Get(ctx context.Context, kind record.Kind, name string) (*record.Record, error)
+	GetOne(ctx context.Context, kind record.Kind, name string) (*record.Record, error)
 }
 
 // Sender originates tunnel frames at this super peer (*route.Router).
@@ -221,7 +222,7 @@ func (r regStore) Get(ctx context.Context, aor string) (*record.Record, error) {
 type locator struct{ s Store }
 
 func (l locator) Lookup(ctx context.Context, aor string) ([]record.Contact, error) {
-	rec, err := l.s.Get(ctx, record.KindLocation, aor)
+	rec, err := l.s.GetOne(ctx, record.KindLocation, aor)
 	return siproute.Contacts(aor, rec, err)
 }
 

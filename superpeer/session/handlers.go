@@ -152,7 +152,11 @@ func (s *Server) dispatch(ctx context.Context, peer Peer, w store.Writer, f *wir
 		if err := decode(f, &req); err != nil {
 			return nil, err
 		}
-		rec, err := st.Get(ctx, req.Kind, req.Name)
+		get := st.Get
+		if req.One {
+			get = st.GetOne
+		}
+		rec, err := get(ctx, req.Kind, req.Name)
 		if err != nil {
 			return nil, err
 		}

@@ -35,6 +35,7 @@ type Store interface {
 	Put(ctx context.Context, w store.Writer, rec *record.Record) (store.Result, error)
 	PutState(ctx context.Context, w store.Writer, rec *record.Record) (store.Result, *record.Record, error)
 	Get(ctx context.Context, kind record.Kind, name string) (*record.Record, error)
+	GetOne(ctx context.Context, kind record.Kind, name string) (*record.Record, error)
 	Remove(ctx context.Context, w store.Writer, kind record.Kind, name string, keys []string) (store.Result, error)
 	Find(ctx context.Context, service string) (*record.Record, error)
 	HandleReplicate(from ids.PeerID, req *wire.ReplicateReq) (*wire.ReplicateResp, error)

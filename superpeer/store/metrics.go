@@ -13,6 +13,7 @@ type metrics struct {
 	replicated *prometheus.CounterVec   // result: ok, error
 	handoff    prometheus.Counter       // records handed to new replicas
 	repaired   *prometheus.CounterVec   // how: read_repair, anti_entropy
+	oneReads   *prometheus.CounterVec   // answered_by: one, quorum
 	swept      prometheus.Counter
 }
 
@@ -39,13 +40,17 @@ func newMetrics(reg prometheus.Registerer, l *local) *metrics {
 			Namespace: "p2psip", Subsystem: "store", Name: "repairs_total",
 			Help: "Stale replicas repaired, by mechanism.",
 		}, []string{"how"}),
+		oneReads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "p2psip", Subsystem: "store", Name: "routing_reads_total",
+			Help: "Routing reads (GetOne), by what answered: one replica's copy, or a quorum read when that copy had nothing live.",
+		}, []string{"answered_by"}),
 		swept: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "p2psip", Subsystem: "store", Name: "expired_records_total",
 			Help: "Records dropped because every entry expired.",
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.opSeconds, m.opErrors, m.replicated, m.handoff, m.repaired, m.swept)
+		reg.MustRegister(m.opSeconds, m.opErrors, m.replicated, m.handoff, m.repaired, m.oneReads, m.swept)
 		for _, k := range []record.Kind{record.KindLocation, record.KindService, record.KindPeer} {
 			k := k
 			reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
