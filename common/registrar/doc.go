@@ -19,4 +19,6 @@
 // bindings: Restore re-stores it (after an agent's failover), and Run drops
 // bindings as they expire (their overlay entries expire on their own).
 // Writes for one AoR are serialized; different AoRs proceed in parallel.
+// REGISTERs of one AoR that arrive while its write is in flight are
+// checked in order and written together in the next write (batch.go).
 package registrar

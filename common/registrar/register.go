@@ -72,13 +72,7 @@ func (g *Registrar) handle(req *sip.Request) *sip.Response {
 	}
 	var res *sip.Response
 	if err == nil {
-		if unlock, ok := g.locks.tryQueue(aor, g.cfg.MaxQueuedPerAOR); ok {
-			res, err = g.register(req, aor, user)
-			unlock()
-		} else {
-			err = refuse(503, "Service Unavailable",
-				sip.NewHeader("Retry-After", strconv.Itoa(int(g.cfg.RetryAfter/time.Second))))
-		}
+		res, err = g.submit(req, aor, user)
 	}
 	if err != nil {
 		var re *regError
@@ -94,9 +88,9 @@ func (g *Registrar) handle(req *sip.Request) *sip.Response {
 	return res
 }
 
-// register does the work; the AoR's lock is held.
-func (g *Registrar) register(req *sip.Request, aor, user string) (*sip.Response, error) {
-	now := g.cfg.Now()
+// updatesOf checks a REGISTER against the bindings as v has them and
+// returns its updates (none for a query); the AoR's lock is held.
+func (g *Registrar) updatesOf(ctx context.Context, req *sip.Request, v *view, user string) ([]update, error) {
 	cid, cseq := req.CallID(), req.CSeq()
 	if cid == nil || cseq == nil || cseq.MethodName != sip.REGISTER {
 		return nil, refuse(400, "Missing Call-ID or CSeq")
@@ -109,28 +103,16 @@ func (g *Registrar) register(req *sip.Request, aor, user string) (*sip.Response,
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.StoreTimeout)
-	defer cancel()
-	var ups []update
 	switch {
 	case wildcard:
 		if len(contacts) != 1 || !hasHdrExp || hdrExp != 0 {
 			return nil, refuse(400, "Wildcard Contact Needs Expires: 0 Alone")
 		}
-		ups, err = g.removeAll(ctx, aor, user, cid.Value(), cseq.SeqNo)
+		return g.removeAll(ctx, v, user, cid.Value(), cseq.SeqNo)
 	case len(contacts) > 0:
-		ups, err = g.updates(ctx, req, aor, user, contacts, hdrExp, hasHdrExp, now)
+		return g.updates(ctx, req, v, user, contacts, hdrExp, hasHdrExp)
 	}
-	if err != nil {
-		return nil, err
-	}
-	var state *record.Record
-	if len(ups) > 0 {
-		if state, err = g.apply(ctx, aor, user, ups, now); err != nil {
-			return nil, err
-		}
-	}
-	return g.ok(ctx, req, aor, state, now), nil
+	return nil, nil
 }
 
 // checkAOR returns the normalized AoR of the To URI: this agent's user in
@@ -189,8 +171,9 @@ func expiresHeader(req *sip.Request) (time.Duration, bool, error) {
 
 // updates turns the Contact list into binding updates, refusing the whole
 // request on the first bad contact (nothing is written then).
-func (g *Registrar) updates(ctx context.Context, req *sip.Request, aor, user string, contacts []*sip.ContactHeader,
-	hdrExp time.Duration, hasHdrExp bool, now time.Time) ([]update, error) {
+func (g *Registrar) updates(ctx context.Context, req *sip.Request, v *view, user string, contacts []*sip.ContactHeader,
+	hdrExp time.Duration, hasHdrExp bool) ([]update, error) {
+	aor, now := v.aor, v.now
 	callID, cseq := req.CallID().Value(), req.CSeq().SeqNo
 	var stored *record.Record // fetched at most once, for removals we hold no binding for
 	ups := make([]update, 0, len(contacts))
@@ -202,7 +185,7 @@ func (g *Registrar) updates(ctx context.Context, req *sip.Request, aor, user str
 		}
 		u.b.aor, u.b.user, u.b.callID, u.b.cseq = aor, user, callID, cseq
 		u.b.transport, u.b.source = req.Transport(), req.Source()
-		u.prev = g.current(aor, u.b.key, now)
+		u.prev = v.current(u.b.key)
 		if p := u.prev; p != nil && p.callID == callID && cseq <= p.cseq {
 			return nil, refuse(500, "Out of Order CSeq")
 		}
@@ -212,6 +195,9 @@ func (g *Registrar) updates(ctx context.Context, req *sip.Request, aor, user str
 				added++
 			}
 		} else if u.prev == nil {
+			if v.touched(u.b.key) {
+				continue // removed earlier in the batch
+			}
 			if stored == nil {
 				stored = g.fetch(ctx, aor)
 			}
@@ -223,7 +209,7 @@ func (g *Registrar) updates(ctx context.Context, req *sip.Request, aor, user str
 		}
 		ups = append(ups, u)
 	}
-	if g.count(aor, now)+added > g.cfg.MaxBindings {
+	if v.count()+added > g.cfg.MaxBindings {
 		return nil, refuse(403, "Too Many Bindings")
 	}
 	return ups, nil
@@ -294,28 +280,20 @@ func (g *Registrar) parseContact(c *sip.ContactHeader, hdrExp time.Duration, has
 // removeAll handles "Contact: *": every binding this node holds for the
 // AoR, including ones stored by an earlier run of it that the table no
 // longer knows. Bindings of the same user at other nodes are theirs.
-func (g *Registrar) removeAll(ctx context.Context, aor, user, callID string, cseq uint32) ([]update, error) {
-	now := g.cfg.Now()
+func (g *Registrar) removeAll(ctx context.Context, v *view, user, callID string, cseq uint32) ([]update, error) {
+	aor, now := v.aor, v.now
 	var ups []update
-	held := make(map[string]bool)
-	g.mu.Lock()
-	for _, b := range g.tab.byAOR[aor] {
-		if !b.expires.After(now) {
-			continue
-		}
+	for _, b := range v.live() {
 		if b.callID == callID && cseq <= b.cseq {
-			g.mu.Unlock()
 			return nil, refuse(500, "Out of Order CSeq")
 		}
-		held[b.key] = true
-		prev := *b
-		ups = append(ups, update{b: binding{aor: aor, user: user, key: b.key, uri: b.uri, callID: callID, cseq: cseq}, prev: &prev})
+		ups = append(ups, update{b: binding{aor: aor, user: user, key: b.key, uri: b.uri, callID: callID, cseq: cseq}, prev: b})
 	}
-	g.mu.Unlock()
 	if rec := g.fetch(ctx, aor); rec != nil {
 		for i := range rec.Entries {
 			e := &rec.Entries[i]
-			if e.Removed || e.Contact == nil || !g.ours(e.Contact) || held[e.Key] || e.Expires <= now.Unix() {
+			// Keys the batch touched are held or removed already.
+			if e.Removed || e.Contact == nil || !g.ours(e.Contact) || v.touched(e.Key) || v.current(e.Key) != nil || e.Expires <= now.Unix() {
 				continue
 			}
 			ups = append(ups, update{b: binding{aor: aor, user: user, key: e.Key, uri: e.Contact.URI, callID: callID, cseq: cseq}, removed: e})
@@ -324,38 +302,64 @@ func (g *Registrar) removeAll(ctx context.Context, aor, user, callID string, cse
 	return ups, nil
 }
 
-// apply writes the updates to the overlay, then to the table. It returns
-// the AoR's live record after the write when the store can tell.
+// apply writes the updates to the overlay, then to the table, in one
+// write. ups are in the order they were made: a later update of a key
+// (from a later REGISTER of a batch) supersedes an earlier one, with a
+// higher version. It returns the AoR's live record after the write when
+// the store can tell.
 func (g *Registrar) apply(ctx context.Context, aor, user string, ups []update, now time.Time) (*record.Record, error) {
 	att := g.cfg.Attachment()
-	rec := &record.Record{Kind: record.KindLocation, Name: aor}
+	rec := &record.Record{Kind: record.KindLocation, Name: aor, Entries: make([]record.Entry, 0, len(ups))}
+	// written is, per key the batch writes: its entry in rec, its last
+	// version, and the latest expiry a tombstone for it must outlive.
+	type written struct {
+		idx     int
+		version uint64
+		outlive int64
+	}
+	var keys map[string]written
+	if len(ups) > 1 {
+		keys = make(map[string]written, len(ups))
+	}
 	for i := range ups {
 		u := &ups[i]
-		var prev *record.Entry
-		switch {
-		case u.prev != nil:
-			prev = &record.Entry{Version: u.prev.version}
-		case u.removed != nil:
-			prev = u.removed
-		}
-		u.b.version = record.NextVersion(prev, now)
-		if u.exp > 0 {
-			rec.Entries = append(rec.Entries, g.entry(&u.b, att))
-			continue
-		}
+		var prev uint64
 		// A tombstone must outlive the registration it removes, so that a
 		// late copy of it cannot come back (record.Entry.Removed).
-		exp := now.Unix() + 1
+		outlive := now.Unix() + 1
 		if u.prev != nil {
-			exp = max(exp, u.prev.expires.Unix())
+			prev = u.prev.version
+			outlive = max(outlive, u.prev.expires.Unix())
 		}
 		if u.removed != nil {
-			exp = max(exp, u.removed.Expires)
+			prev = max(prev, u.removed.Version)
+			outlive = max(outlive, u.removed.Expires)
 		}
-		rec.Entries = append(rec.Entries, record.Entry{
-			Key: u.b.key, CallID: u.b.callID, CSeq: u.b.cseq, Version: u.b.version,
-			Expires: exp, Removed: true, Writer: user,
-		})
+		w, again := keys[u.b.key]
+		if again {
+			prev = max(prev, w.version)
+			outlive = max(outlive, w.outlive)
+		}
+		u.b.version = record.NextVersion(&record.Entry{Version: prev}, now)
+		var e record.Entry
+		if u.exp > 0 {
+			e = g.entry(&u.b, att)
+			outlive = max(outlive, u.b.expires.Unix())
+		} else {
+			e = record.Entry{
+				Key: u.b.key, CallID: u.b.callID, CSeq: u.b.cseq, Version: u.b.version,
+				Expires: outlive, Removed: true, Writer: user,
+			}
+		}
+		if again {
+			rec.Entries[w.idx] = e
+		} else {
+			w.idx = len(rec.Entries)
+			rec.Entries = append(rec.Entries, e)
+		}
+		if keys != nil {
+			keys[u.b.key] = written{idx: w.idx, version: u.b.version, outlive: outlive}
+		}
 	}
 	var state *record.Record
 	var err error
@@ -365,6 +369,7 @@ func (g *Registrar) apply(ctx context.Context, aor, user string, ups []update, n
 		err = g.cfg.Store.Put(ctx, user, rec)
 	}
 	if err != nil {
+		g.stats.storeFailed.Add(1)
 		g.log.Warn().Err(err).Str("aor", aor).Msg("location store failed")
 		return nil, refuse(503, "Service Unavailable",
 			sip.NewHeader("Retry-After", strconv.Itoa(int(g.cfg.RetryAfter/time.Second))))
@@ -388,16 +393,23 @@ func (g *Registrar) apply(ctx context.Context, aor, user string, ups []update, n
 	return state, nil
 }
 
-// ok builds the 200: every live contact of the AoR as the overlay has it
-// after the write (other agents' too): state when the write returned it,
-// else read; this agent's own bindings when the read fails.
-func (g *Registrar) ok(ctx context.Context, req *sip.Request, aor string, state *record.Record, now time.Time) *sip.Response {
-	res := sip.NewResponseFromRequest(req, 200, "OK", nil)
-	type contact struct {
-		uri string
-		exp int64
-	}
+// contact is one binding listed in a 200.
+type contact struct {
+	uri sip.Uri
+	exp int64 // seconds left
+}
+
+// contactList is every live contact of the AoR as the overlay has it after
+// a write (other nodes' too): state when the write returned it, else read;
+// this node's own bindings when the read fails.
+func (g *Registrar) contactList(ctx context.Context, aor string, state *record.Record, now time.Time) []contact {
 	var list []contact
+	add := func(uri string, exp int64) {
+		c := contact{exp: max(exp, 0)}
+		if err := sip.ParseUri(uri, &c.uri); err == nil {
+			list = append(list, c)
+		}
+	}
 	rec := state
 	if rec == nil {
 		rec = g.fetch(ctx, aor)
@@ -405,24 +417,27 @@ func (g *Registrar) ok(ctx context.Context, req *sip.Request, aor string, state 
 	if rec != nil {
 		for _, e := range rec.Live(now).Entries {
 			if e.Contact != nil {
-				list = append(list, contact{e.Contact.URI, e.Expires - now.Unix()})
+				add(e.Contact.URI, e.Expires-now.Unix())
 			}
 		}
-	} else {
-		g.mu.Lock()
-		for _, b := range g.tab.byAOR[aor] {
-			if b.expires.After(now) {
-				list = append(list, contact{b.uri, int64(b.expires.Sub(now) / time.Second)})
-			}
-		}
-		g.mu.Unlock()
+		return list
 	}
-	for _, c := range list {
-		h := &sip.ContactHeader{Params: sip.NewParams()}
-		if err := sip.ParseUri(c.uri, &h.Address); err != nil {
-			continue
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, b := range g.tab.byAOR[aor] {
+		if b.expires.After(now) {
+			add(b.uri, int64(b.expires.Sub(now)/time.Second))
 		}
-		h.Params.Add("expires", strconv.FormatInt(max(c.exp, 0), 10))
+	}
+	return list
+}
+
+// okResponse builds the 200 for req listing the contacts.
+func okResponse(req *sip.Request, list []contact, now time.Time) *sip.Response {
+	res := sip.NewResponseFromRequest(req, 200, "OK", nil)
+	for _, c := range list {
+		h := &sip.ContactHeader{Address: c.uri, Params: sip.NewParams()}
+		h.Params.Add("expires", strconv.FormatInt(c.exp, 10))
 		res.AppendHeader(h)
 	}
 	res.AppendHeader(sip.NewHeader("Date", now.UTC().Format(http.TimeFormat)))
@@ -460,18 +475,6 @@ func (g *Registrar) current(aor, key string, now time.Time) *binding {
 		return &c
 	}
 	return nil
-}
-
-func (g *Registrar) count(aor string, now time.Time) int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	n := 0
-	for _, b := range g.tab.byAOR[aor] {
-		if b.expires.After(now) {
-			n++
-		}
-	}
-	return n
 }
 
 func hasControl(s string) bool {

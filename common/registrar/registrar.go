@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -77,7 +78,8 @@ type Config struct {
 	// means 5s.
 	RetryAfter time.Duration
 	// MaxQueuedPerAOR bounds the REGISTERs of one AoR handled or waiting
-	// at once; past it, 503 with Retry-After at once. 0 means 16.
+	// at once; past it, 503 with Retry-After at once. Those waiting behind
+	// a write in flight are written together in the next one. 0 means 16.
 	MaxQueuedPerAOR int
 	// MaxBindings bounds the bindings of one AoR at this node; 0 means 16.
 	// A record holds at most record.MaxEntries entries in all.
@@ -124,6 +126,12 @@ type Registrar struct {
 	// locks serializes everything that writes one AoR's record, so that
 	// versions and CSeq checks see each other's results.
 	locks keyLocks
+	// queue holds the REGISTERs of each AoR waiting for their batch
+	// (batch.go).
+	queue queues
+	stats struct {
+		writes, batched, busy, storeFailed atomic.Uint64
+	}
 
 	mu  sync.Mutex // guards tab
 	tab table
@@ -183,6 +191,25 @@ func setDefault(d *time.Duration, v time.Duration) {
 // AOR is the one address-of-record a fixed-user registrar accepts ("" when
 // it serves many users).
 func (g *Registrar) AOR() string { return g.aor }
+
+// Stats counts what the registrar did with the REGISTERs it accepted for
+// processing (after Authorize).
+type Stats struct {
+	// Writes is the number of store writes made for REGISTERs, Batched
+	// the REGISTERs they carried (each answered 200).
+	Writes, Batched uint64
+	// Busy counts 503s for a full per-AoR queue (MaxQueuedPerAOR),
+	// StoreFailed the failed store writes (each a 503 for its batch).
+	Busy, StoreFailed uint64
+}
+
+// Stats returns a snapshot of the counters.
+func (g *Registrar) Stats() Stats {
+	return Stats{
+		Writes: g.stats.writes.Load(), Batched: g.stats.batched.Load(),
+		Busy: g.stats.busy.Load(), StoreFailed: g.stats.storeFailed.Load(),
+	}
+}
 
 // Bindings is the number of live bindings.
 func (g *Registrar) Bindings() int {

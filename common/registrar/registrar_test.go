@@ -298,12 +298,7 @@ func TestPerAORQueueBound(t *testing.T) {
 	// Wait until the two wait behind the first.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		g.locks.mu.Lock()
-		refs := 0
-		if k := g.locks.m["sip:slow@example.net"]; k != nil {
-			refs = k.refs
-		}
-		g.locks.mu.Unlock()
+		refs := g.queue.queued("sip:slow@example.net")
 		if refs == 3 {
 			break
 		}

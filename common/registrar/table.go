@@ -86,16 +86,6 @@ type keyLock struct {
 
 // lock locks key and returns its unlock.
 func (l *keyLocks) lock(key string) func() {
-	unlock, _ := l.tryQueue(key, 0)
-	return unlock
-}
-
-// tryQueue locks key unless max (> 0) holders and waiters have it
-// already: then it returns false at once and nothing is held. A phone
-// sends one REGISTER at a time; a queue longer than that per AoR is a
-// flood, and queueing it would keep the registrar busy with stale
-// requests long after the flood ends (their clients gave up).
-func (l *keyLocks) tryQueue(key string, max int) (func(), bool) {
 	l.mu.Lock()
 	if l.m == nil {
 		l.m = make(map[string]*keyLock)
@@ -104,10 +94,6 @@ func (l *keyLocks) tryQueue(key string, max int) (func(), bool) {
 	if k == nil {
 		k = &keyLock{}
 		l.m[key] = k
-	}
-	if max > 0 && k.refs >= max {
-		l.mu.Unlock()
-		return nil, false
 	}
 	k.refs++
 	l.mu.Unlock()
@@ -119,5 +105,5 @@ func (l *keyLocks) tryQueue(key string, max int) (func(), bool) {
 			delete(l.m, key)
 		}
 		l.mu.Unlock()
-	}, true
+	}
 }

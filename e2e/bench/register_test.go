@@ -2,6 +2,7 @@ package bench
 
 import (
 	"encoding/hex"
+	"fmt"
 	"regexp"
 	"slices"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/p2psip/p2psip/common/auth"
+	"github.com/p2psip/p2psip/common/registrar"
 	"github.com/p2psip/p2psip/e2e/bench/kamailio"
 	"github.com/p2psip/p2psip/e2e/bench/register"
 	"github.com/p2psip/p2psip/e2e/bench/report"
@@ -54,8 +56,18 @@ func benchRegister(t *testing.T, p benchParams, sink *fragments) {
 		t.Fatal(err)
 	}
 	edge := register.Load{Name: "edge", Target: sps[0].Node.SIPAddr(), Domain: o.Name, Secret: o.Secret, Scenario: scenario}
+	// After each step, which limit refused REGISTERs: the edge's overload
+	// control (--sip-max-inflight), the registrar's per-AoR queue, or the
+	// store; and how many REGISTERs each quorum write carried.
+	var last registrarCounts
+	edgeLog := func(format string, args ...any) {
+		log.logf(format, args...)
+		now := countsOf(sps[0])
+		log.logf("  edge: %s", now.since(last))
+		last = now
+	}
 	prof := startProfile(t, p, "register-edge")
-	be, se := edge.Ramp(t, p.regRates, p.regStep, p.regHold, log.logf)
+	be, se := edge.Ramp(t, p.regRates, p.regStep, p.regHold, edgeLog)
 	shares, top := prof.stop(registerCategories)
 	if shares != "" {
 		log.logf("edge at its limit, %s", shares)
@@ -89,7 +101,7 @@ func benchRegister(t *testing.T, p benchParams, sink *fragments) {
 		r.Note = "Each registration is REGISTER, 401, REGISTER with credentials, 200 (SIPp, " + itoa(8) + " users); rates stepped, the best held for " + p.regHold.String() + "."
 		for _, st := range se {
 			if st.Err != nil && strings.Contains(st.Err.Error(), "503 Service Unavailable") {
-				r.Note += " The edge's first failures were its own 503s (--sip-max-inflight overload control), at " + itoa(st.Rate) + " REGISTER/s."
+				r.Note += " The edge's first failures were its own 503s, at " + itoa(st.Rate) + " REGISTER/s (the step's log line names their source)."
 				break
 			}
 		}
@@ -118,4 +130,25 @@ func benchRegister(t *testing.T, p benchParams, sink *fragments) {
 		}
 	}
 	sink.emit(t, report.Fragment{Source: "register", Results: []report.Result{r}, Series: series, Lines: log.all(), Duration: time.Since(start)})
+}
+
+// registrarCounts are the edge's counters that tell where REGISTERs went.
+type registrarCounts struct {
+	overload uint64 // 503s of the edge's overload control
+	reg      registrar.Stats
+}
+
+func countsOf(sp *harness.SP) registrarCounts {
+	e := sp.Node.Edge()
+	return registrarCounts{overload: e.Stats().Overload, reg: e.Registrar().Stats()}
+}
+
+func (c registrarCounts) since(p registrarCounts) string {
+	writes, batched := c.reg.Writes-p.reg.Writes, c.reg.Batched-p.reg.Batched
+	per := 0.0
+	if writes > 0 {
+		per = float64(batched) / float64(writes)
+	}
+	return fmt.Sprintf("%d REGISTERs in %d quorum writes (%.1f each); 503s: %d overload (max in-flight), %d per-AoR queue full, %d store failures",
+		batched, writes, per, c.overload-p.overload, c.reg.Busy-p.reg.Busy, c.reg.StoreFailed-p.reg.StoreFailed)
 }
