@@ -79,7 +79,11 @@ type Config struct {
 	RetryAfter time.Duration
 	// MaxQueuedPerAOR bounds the REGISTERs of one AoR handled or waiting
 	// at once; past it, 503 with Retry-After at once. Those waiting behind
-	// a write in flight are written together in the next one. 0 means 16.
+	// a write in flight are written together in the next one, so a queue
+	// costs about one write however long it is: the bound is for floods
+	// (each REGISTER authenticated already), not to spare the store. 0
+	// means 64: room for a burst of one user's REGISTERs read at once
+	// from the socket buffer after a scheduling stall.
 	MaxQueuedPerAOR int
 	// MaxBindings bounds the bindings of one AoR at this node; 0 means 16.
 	// A record holds at most record.MaxEntries entries in all.
@@ -163,7 +167,7 @@ func New(cfg Config) (*Registrar, error) {
 	}
 	cfg.DefaultExpires = min(max(cfg.DefaultExpires, cfg.MinExpires), cfg.MaxExpires)
 	if cfg.MaxQueuedPerAOR <= 0 {
-		cfg.MaxQueuedPerAOR = 16
+		cfg.MaxQueuedPerAOR = 64
 	}
 	if cfg.MaxBindings <= 0 {
 		cfg.MaxBindings = 16
