@@ -102,11 +102,19 @@ func benchLookup(t *testing.T, p benchParams, sink *fragments) {
 	}
 
 	// Measurers: closed loops fetching targets, from outside and from
-	// inside the replica set at the same time.
-	measure := func(inside bool, w int) ([]time.Duration, error) {
+	// inside the replica set at the same time, and routing reads (what a
+	// call's lookup makes: one replica's copy) from outside.
+	type kind int
+	const (
+		fromOutside kind = iota
+		fromInside
+		routingOutside
+	)
+	measure := func(k kind, w int) ([]time.Duration, error) {
+		inside := k == fromInside
 		sessions := make([]*client.Session, len(sps))
 		for j := range sps {
-			sessions[j] = o.Client(sps[j], fmt.Sprintf("m%v%d", inside, w))
+			sessions[j] = o.Client(sps[j], fmt.Sprintf("m%d-%d", k, w))
 		}
 		var lat []time.Duration
 		deadline := time.Now().Add(p.lookupDuration)
@@ -116,8 +124,12 @@ func benchLookup(t *testing.T, p benchParams, sink *fragments) {
 			if inside {
 				s = sessions[tg.inside]
 			}
+			get := s.Get
+			if k == routingOutside {
+				get = s.GetOne
+			}
 			t0 := time.Now()
-			rec, err := s.Get(ctx, record.KindLocation, tg.aor)
+			rec, err := get(ctx, record.KindLocation, tg.aor)
 			if err != nil {
 				return lat, fmt.Errorf("get %s: %w", tg.aor, err)
 			}
@@ -129,23 +141,19 @@ func benchLookup(t *testing.T, p benchParams, sink *fragments) {
 		return lat, nil
 	}
 	var mu sync.Mutex
-	var outside, inside []time.Duration
+	lats := make([][]time.Duration, 3)
 	var errs []error
 	var mwg sync.WaitGroup
 	loadStart := time.Now()
 	for w := range p.lookupMeasurers {
-		for _, in := range []bool{false, true} {
+		for _, k := range []kind{fromOutside, fromInside, routingOutside} {
 			mwg.Add(1)
 			go func() {
 				defer mwg.Done()
-				lat, err := measure(in, w)
+				lat, err := measure(k, w)
 				mu.Lock()
 				defer mu.Unlock()
-				if in {
-					inside = append(inside, lat...)
-				} else {
-					outside = append(outside, lat...)
-				}
+				lats[k] = append(lats[k], lat...)
 				if err != nil {
 					errs = append(errs, err)
 				}
@@ -158,25 +166,30 @@ func benchLookup(t *testing.T, p benchParams, sink *fragments) {
 	for _, err := range errs {
 		t.Error(err)
 	}
-	if len(outside) == 0 || len(inside) == 0 {
+	outside, inside, routing := lats[fromOutside], lats[fromInside], lats[routingOutside]
+	if len(outside) == 0 || len(inside) == 0 || len(routing) == 0 {
 		t.Fatal("no fetch measured")
 	}
 	slices.Sort(outside)
 	slices.Sort(inside)
+	slices.Sort(routing)
 	pct := func(l []time.Duration, p int) time.Duration { return l[min(len(l)*p/100, len(l)-1)] }
 	loadRate := float64(loadOps.Load()) / time.Since(loadStart).Seconds()
 	log.logf("background load %.0f ops/s (half quorum writes, half fetches), %d errors", loadRate, loadErrs.Load())
 	log.logf("from a non-replica: %d fetches, p50 %v p99 %v", len(outside), pct(outside, 50), pct(outside, 99))
 	log.logf("from a replica:     %d fetches, p50 %v p99 %v", len(inside), pct(inside, 50), pct(inside, 99))
+	log.logf("routing reads from a non-replica: %d, p50 %v p99 %v", len(routing), pct(routing, 50), pct(routing, 99))
 	if n := loadErrs.Load(); n > 0 {
 		t.Errorf("background load: %d errors", n)
 	}
-	how := fmt.Sprintf("4 super peers, replicas 3; %d closed-loop fetchers each side while %d clients add %.0f ops/s (quorum writes and fetches); %d and %d fetches.",
-		p.lookupMeasurers, p.lookupLoaders, loadRate, len(outside), len(inside))
+	how := fmt.Sprintf("4 super peers, replicas 3; %d closed-loop fetchers of each kind while %d clients add %.0f ops/s (quorum writes and fetches); %d, %d and %d fetches. A fetch is a quorum read (every replica asked, the answer after a quorum); the routing read is what a call's lookup makes (one replica's copy, a quorum read only when it has nothing live).",
+		p.lookupMeasurers, p.lookupLoaders, loadRate, len(outside), len(inside), len(routing))
 	ref := "fetch from a replica"
 	rs := []report.Result{
 		report.Compare(secLookup, "fetch p50 from a non-replica, under load", "ms", ms(pct(outside, 50)), ms(pct(inside, 50)), ref).WithNote("%s", how),
 		report.Compare(secLookup, "fetch p99 from a non-replica, under load", "ms", ms(pct(outside, 99)), ms(pct(inside, 99)), ref),
+		report.Compare(secLookup, "routing read p50 from a non-replica, under load", "ms", ms(pct(routing, 50)), ms(pct(outside, 50)), "fetch from a non-replica"),
+		report.Compare(secLookup, "routing read p99 from a non-replica, under load", "ms", ms(pct(routing, 99)), ms(pct(outside, 99)), "fetch from a non-replica"),
 	}
 	sink.emit(t, report.Fragment{Source: "lookup", Results: rs, Lines: log.all(), Duration: time.Since(start)})
 }
