@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,9 +71,7 @@ func runDemo(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("config: log-level: %w", err)
 	}
-	// Library lines that do not come through our loggers (sipgo's
-	// slog.Default) go to the same place.
-	slog.SetDefault(logx.Slog(log))
+	logx.SetDefault(log)
 	dir := c.Path("data-dir")
 	if dir == "" {
 		if dir, err = os.MkdirTemp("", "p2psip-demo-"); err != nil {

@@ -90,6 +90,7 @@ func runPeer(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	logx.SetDefault(log)
 	creds, err := auth.LoadCredentials(c.Path("credentials-file"))
 	if err != nil {
 		return err

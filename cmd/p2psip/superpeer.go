@@ -112,6 +112,7 @@ func runSuperpeer(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	logx.SetDefault(log)
 	cfg := superpeer.Config{
 		Overlay:     c.String("overlay"),
 		DataDir:     c.Path("data-dir"),

@@ -106,3 +106,12 @@ func (w levelWriter) Write(p []byte) (int, error) {
 func Slog(l zerolog.Logger) *slog.Logger {
 	return slog.New(zerolog.NewSlogHandler(l))
 }
+
+// SetDefault sends the lines of libraries that log through slog.Default
+// (sipgo's package-level warnings, e.g. about its connection reference
+// counts) and the standard log package through l, so that they come out
+// in the process's format, level and sampling instead of as bare text on
+// stderr between JSON lines.
+func SetDefault(l zerolog.Logger) {
+	slog.SetDefault(Slog(l.With().Str("lib", "default").Logger()))
+}
