@@ -97,7 +97,7 @@ type Agent struct {
 	fb        *fallback.Relay
 	send      *sender
 	relayKick chan struct{}
-	creds     *credSource // credentials for TURN, reloaded from the file
+	creds     *credSource // credentials for attaching and TURN, reloaded from the file
 
 	// Promotion (promote.go): the identity key proves the node at its
 	// advertised address in the dial-back test.
@@ -142,7 +142,7 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 	a.creds = &credSource{path: cfg.CredentialsFile, log: &a.log, cur: cfg.Credentials}
 	a.fb = a.newRelay()
 	a.up, err = uplink.New(uplink.Config{
-		Overlay: cfg.Overlay, Bootstrap: cfg.Bootstrap, Credentials: cfg.Credentials, Key: key,
+		Overlay: cfg.Overlay, Bootstrap: cfg.Bootstrap, Credentials: cfg.Credentials, Renewed: a.creds.get, Key: key,
 		Roots: cfg.Roots, CacheFile: filepath.Join(cfg.DataDir, CacheFile), Keepalive: cfg.Keepalive,
 		Promotable: cfg.Role == "auto", Tunnel: a.tunnel, OnAttach: a.attached,
 	}, a.log)

@@ -714,9 +714,9 @@ func (s *sender) status() RelayStatus {
 	return st
 }
 
-// credSource is the agent's credentials for TURN: the configured ones,
-// replaced by the credentials file's content whenever the file changes
-// (an operator or a provisioning job renews it before expiry).
+// credSource is the agent's credentials for attaching and for TURN: the
+// configured ones, replaced by the credentials file's content whenever the
+// file changes (an operator or a provisioning job renews it before expiry).
 type credSource struct {
 	path string
 	log  *zerolog.Logger

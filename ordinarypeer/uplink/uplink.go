@@ -37,6 +37,10 @@ type Config struct {
 	Overlay     string
 	Bootstrap   []string // super peers' peer-protocol addresses
 	Credentials auth.Credentials
+	// Renewed, if set, returns the newest credentials (the agent re-reads
+	// its credentials file): every (re)attach uses them, so an agent that
+	// outlives its first credentials can still fail over. Nil: Credentials.
+	Renewed func() auth.Credentials
 	// Key is the node's identity; its Peer-ID is what the overlay routes to.
 	Key ed25519.PrivateKey
 	// Roots verify super peers' certificates; nil skips verification
@@ -385,6 +389,9 @@ func (u *Uplink) dial(ctx context.Context, addr string) (*client.Session, error)
 		return nil, fmt.Errorf("super peer address %q: %w", addr, err)
 	}
 	creds := u.cfg.Credentials
+	if u.cfg.Renewed != nil {
+		creds = u.cfg.Renewed()
+	}
 	return client.Dial(ctx, client.Config{
 		Addr:    addr,
 		TLS:     auth.ClientTLSConfig(&u.cert, u.cfg.Roots, host),
