@@ -119,7 +119,7 @@ func (s *Store) write(ctx context.Context, rec *record.Record, w Writer, echo bo
 			continue
 		}
 		st.wg.Add(1)
-		go func() {
+		st.work.run(func() {
 			defer st.wg.Done()
 			resp, err := s.sendBatch(st.ctx, p, req)
 			a := ack{err: err}
@@ -127,7 +127,7 @@ func (s *Store) write(ctx context.Context, rec *record.Record, w Writer, echo bo
 				a.state = resp.Records
 			}
 			acks <- a
-		}()
+		})
 	}
 	var got, failed int
 	var last error
@@ -211,11 +211,11 @@ func (s *Store) Get(ctx context.Context, kind record.Kind, name string) (rec *re
 			continue
 		}
 		st.wg.Add(1)
-		go func() {
+		st.work.run(func() {
 			defer st.wg.Done()
 			r, err := s.read(st.ctx, p, req)
 			replies <- reply{from: p, rec: r, err: err}
-		}()
+		})
 	}
 	need := s.quorum(len(replicas))
 	merged := &record.Record{Kind: kind, Name: name}

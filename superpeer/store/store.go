@@ -99,8 +99,9 @@ type Store struct {
 }
 
 type runState struct {
-	ctx context.Context
-	wg  *sync.WaitGroup // background replica work started by operations
+	ctx  context.Context
+	wg   *sync.WaitGroup // background replica work started by operations
+	work *workers        // runs the replica requests of reads and writes
 }
 
 // New builds a store; nothing runs until Run.
@@ -174,7 +175,7 @@ func (s *Store) Replicas(rid ids.ResourceID) []ids.PeerID {
 // every replica request it or an operation started.
 func (s *Store) Run(ctx context.Context) error {
 	wg := &sync.WaitGroup{}
-	if !s.run.CompareAndSwap(nil, &runState{ctx: ctx, wg: wg}) {
+	if !s.run.CompareAndSwap(nil, &runState{ctx: ctx, wg: wg, work: newWorkers(ctx)}) {
 		return errors.New("store: Run called twice")
 	}
 	defer wg.Wait()
