@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/p2psip/p2psip/common/ids"
 	"github.com/p2psip/p2psip/common/record"
 	"github.com/p2psip/p2psip/common/wire"
 )
@@ -30,11 +31,10 @@ func (s *Store) GetOne(ctx context.Context, kind record.Kind, name string) (rec 
 	if _, err := s.state(); err != nil {
 		return nil, err
 	}
-	probe := &record.Record{Kind: kind, Name: name}
-	if err := probe.Validate(); err != nil {
-		return nil, wire.Errorf(wire.CodeBadRequest, "%v", err)
+	rid, err := resourceOf(kind, name)
+	if err != nil {
+		return nil, err
 	}
-	rid := probe.ResourceID()
 	replicas := s.Replicas(rid)
 	var one *record.Record
 	switch {
@@ -53,4 +53,14 @@ func (s *Store) GetOne(ctx context.Context, kind record.Kind, name string) (rec 
 	}
 	s.m.oneReads.WithLabelValues("quorum").Inc()
 	return s.Get(ctx, kind, name)
+}
+
+// resourceOf is the Resource-ID of the record kind/name, which must be a
+// valid record name (else a bad request).
+func resourceOf(kind record.Kind, name string) (ids.ResourceID, error) {
+	probe := &record.Record{Kind: kind, Name: name}
+	if err := probe.Validate(); err != nil {
+		return ids.ResourceID{}, wire.Errorf(wire.CodeBadRequest, "%v", err)
+	}
+	return probe.ResourceID(), nil
 }

@@ -197,11 +197,10 @@ func (s *Store) Get(ctx context.Context, kind record.Kind, name string) (rec *re
 	if err != nil {
 		return nil, err
 	}
-	probe := &record.Record{Kind: kind, Name: name}
-	if err := probe.Validate(); err != nil {
-		return nil, wire.Errorf(wire.CodeBadRequest, "%v", err)
+	rid, err := resourceOf(kind, name)
+	if err != nil {
+		return nil, err
 	}
-	rid := probe.ResourceID()
 	replicas := s.Replicas(rid)
 	replies := make(chan reply, len(replicas))
 	req := &wire.ReadReq{Kind: kind, Name: name}

@@ -121,9 +121,9 @@ func (s *Store) HandleRead(req *wire.ReadReq) (*wire.FetchResp, error) {
 	if _, err := s.state(); err != nil {
 		return nil, err
 	}
-	probe := &record.Record{Kind: req.Kind, Name: req.Name}
-	if err := probe.Validate(); err != nil {
-		return nil, wire.Errorf(wire.CodeBadRequest, "%v", err)
+	rid, err := resourceOf(req.Kind, req.Name)
+	if err != nil {
+		return nil, err
 	}
-	return &wire.FetchResp{Record: s.local.get(probe.ResourceID())}, nil
+	return &wire.FetchResp{Record: s.local.get(rid)}, nil
 }
