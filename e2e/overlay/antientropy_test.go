@@ -1,13 +1,11 @@
 package overlay
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
 
 	"github.com/p2psip/p2psip/e2e/harness"
-	"github.com/p2psip/p2psip/superpeer/store"
 )
 
 // A replica that lost records (a missed message) gets them back from
@@ -20,12 +18,7 @@ func TestAntiEntropyRepairsAReplica(t *testing.T) {
 	o.WaitConverged(10 * time.Second)
 	sps := o.Alive()
 	const n = 200
-	for i := range n {
-		if _, err := sps[0].Node.Store().Put(context.Background(), store.Writer{User: userOf(i)}, locationRecord(i, time.Now().Add(time.Hour))); err != nil {
-			t.Fatal(err)
-		}
-	}
-	waitReplicated(t, o, n, 10*time.Second)
+	putRecords(t, o, sps[:1], n, time.Now().Add(time.Hour))
 	victim := sps[2]
 	for i := range n {
 		victim.Node.Store().DropForTest(locationRecord(i, time.Time{}).ResourceID())

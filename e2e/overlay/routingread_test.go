@@ -34,12 +34,7 @@ func TestRoutingRead(t *testing.T) {
 	}
 	const n = 40
 	expires := time.Now().Add(time.Hour)
-	for i := range n {
-		if _, err := sps[i%len(sps)].Node.Store().Put(ctx, store.Writer{User: userOf(i)}, locationRecord(i, expires)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	waitReplicated(t, o, n, 20*time.Second)
+	putRecords(t, o, sps, n, expires)
 
 	check := func(sp *harness.SP, i int, what string) {
 		t.Helper()

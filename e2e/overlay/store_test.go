@@ -51,6 +51,18 @@ func waitReplicated(t *testing.T, o *harness.Overlay, n int, timeout time.Durati
 	})
 }
 
+// putRecords stores records 0..n-1 (expiring at expires), record i
+// through via[i%len(via)], and waits until every replica holds its copy.
+func putRecords(t *testing.T, o *harness.Overlay, via []*harness.SP, n int, expires time.Time) {
+	t.Helper()
+	for i := range n {
+		if _, err := via[i%len(via)].Node.Store().Put(context.Background(), store.Writer{User: userOf(i)}, locationRecord(i, expires)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitReplicated(t, o, n, 20*time.Second)
+}
+
 func fetchAll(t *testing.T, o *harness.Overlay, n int, via []*harness.SP) {
 	t.Helper()
 	ctx := context.Background()
