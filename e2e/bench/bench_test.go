@@ -11,7 +11,14 @@ import (
 	"time"
 
 	"github.com/p2psip/p2psip/e2e/bench/report"
+	"github.com/p2psip/p2psip/e2e/bench/spproc"
 )
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	spproc.Cleanup() // the p2psip binary the calls part built
+	os.Exit(code)
+}
 
 // TestBench is issue 7's benchmark harness for the call rate, the
 // registrations, the lookup and the TURN relay, each beside its reference

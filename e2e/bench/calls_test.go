@@ -53,6 +53,15 @@ func benchCalls(t *testing.T, p benchParams, sink *fragments) {
 		}
 	}
 
+	// The same at the same rate with the super peers as processes of their
+	// own: their CPU per call apart from the agents'.
+	procs := calls.NewOverlayProcesses(t)
+	lp := procs.RunTraced(t, p.latencyRate, p.callLatency)
+	log.logf("%s latency: %v", procs.Name, lp)
+	if !p.full && !lp.AllAnswered() {
+		t.Errorf("%s at %d calls/s: %v", procs.Name, p.latencyRate, lp)
+	}
+
 	ramp := calls.Ramp{Start: p.callStart, Limit: p.callLimit, Step: p.callStep, Bisect: p.callBisect,
 		Hold: p.callHold, HoldTries: p.callHoldTries, Log: log.logf}
 	prof := startProfile(t, p, "calls-overlay")
@@ -147,6 +156,18 @@ func benchCalls(t *testing.T, p benchParams, sink *fragments) {
 			report.Value(secCalls, "INVITE→200 p99"+at, "ms", ms(lo.P99)))
 	}
 	rs = append(rs, report.Compare(secCalls, "INVITE→200 mean"+at+" vs direct", "ms", ms(lo.Mean), ms(ld.Mean), "SIPp direct"))
+	if lp.SPCPU > 0 {
+		how := "The overlay as deployed: the two super peers as `p2psip superpeer` processes, the agents (which run on the endpoints) in the bench process; the super peers' CPU is read from /proc."
+		sp := report.Value(secCalls, "super peers' CPU per call"+at+" (both super peers)", "µs", float64(lp.SPCPU.Microseconds())).WithNote("%s", how)
+		if kam != nil && lk.CPU > 0 {
+			sp = report.Compare(secCalls, "super peers' CPU per call"+at+" (both super peers)", "µs", float64(lp.SPCPU.Microseconds()), float64(lk.CPU.Microseconds()), "Kamailio stateful proxy").WithNote("%s", how)
+		}
+		rs = append(rs, sp,
+			report.Value(secCalls, "agents' CPU per call"+at+" (both agents)", "µs", float64(lp.CPU.Microseconds())))
+		if kam != nil {
+			rs = append(rs, report.Compare(secCalls, "INVITE→200 p99"+at+", super peers as processes", "ms", ms(lp.P99), ms(lk.P99), "Kamailio"))
+		}
+	}
 
 	// Plots: traced latency against the offered rate; answered against
 	// offered rate over every step of the ramps (holds included).

@@ -16,18 +16,22 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/p2psip/p2psip/common/auth"
 	"github.com/p2psip/p2psip/common/gctune"
 	"github.com/p2psip/p2psip/common/siproute"
 	"github.com/p2psip/p2psip/e2e/bench/kamailio"
 	"github.com/p2psip/p2psip/e2e/bench/ramp"
+	"github.com/p2psip/p2psip/e2e/bench/spproc"
 	"github.com/p2psip/p2psip/e2e/harness"
 	"github.com/p2psip/p2psip/e2e/harness/sipp"
+	"github.com/p2psip/p2psip/ordinarypeer/agent"
 )
 
 // Rig is a SIPp UAS registered as bob and a path for a SIPp UAC calling
@@ -37,7 +41,8 @@ type Rig struct {
 	target  string // where the UAC sends its INVITEs
 	domain  string
 	uasPort int
-	agents  []*harness.Agent // overlay only
+	agents  []*agent.Agent   // overlay only
+	spPIDs  []int            // super peers run as processes (NewOverlayProcesses)
 	kam     *kamailio.Server // Kamailio only
 }
 
@@ -54,8 +59,79 @@ func NewOverlay(tb testing.TB) *Rig {
 	o.WaitConverged(15 * time.Second)
 	a, b := o.StartAgent("alice", sp1), o.StartAgent("bob", sp2)
 	r := &Rig{Name: "overlay", target: a.SIPAddr(), domain: o.Name, uasPort: sipp.FreeUDPPort(tb),
-		agents: []*harness.Agent{a, b}}
+		agents: []*agent.Agent{a.Agent, b.Agent}}
 	r.register(tb, b.SIPAddr())
+	return r
+}
+
+// NewOverlayProcesses is the overlay laid out as deployed: the two super
+// peers are `p2psip superpeer` processes of their own (spproc), the agents
+// of alice and bob run in this process, one attached to each. Its steps
+// count the super peers' CPU apart (Step.SPCPU): what the operator's
+// servers spend per call, the agents' part running on the endpoints. The
+// test binary's TestMain calls spproc.Cleanup.
+func NewOverlayProcesses(tb testing.TB) *Rig {
+	tb.Helper()
+	sipp.Bin(tb)
+	gctune.Tune()
+	const domain = "bench.test"
+	dir := tb.TempDir()
+	secretFile, secret, err := spproc.NewSecret(dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ca, err := auth.OverlayCA(secret, domain)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var sps []*spproc.Process
+	for i := range 2 {
+		cfg := spproc.Config{Dir: filepath.Join(dir, fmt.Sprintf("sp%d", i)), SecretFile: secretFile, Overlay: domain}
+		for _, p := range sps {
+			cfg.Join = append(cfg.Join, p.GossipAddr)
+		}
+		p, err := spproc.Start(ctx, cfg)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { p.Stop(5 * time.Second) })
+		sps = append(sps, p)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	err = spproc.WaitMembers(wctx, sps, 2)
+	wcancel()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// Registered after the super peers' Stop, so it runs first: the agents
+	// end before their super peers do.
+	var runs sync.WaitGroup
+	tb.Cleanup(func() { cancel(); runs.Wait() })
+	r := &Rig{Name: "overlay (super peers as processes)", domain: domain, uasPort: sipp.FreeUDPPort(tb),
+		spPIDs: []int{sps[0].PID(), sps[1].PID()}}
+	for i, user := range []string{"alice", "bob"} {
+		creds, err := auth.Issue(secret, user, 24*time.Hour, time.Now())
+		if err != nil {
+			tb.Fatal(err)
+		}
+		a, err := agent.New(agent.Config{Overlay: domain, Bootstrap: []string{sps[i].PeerAddr}, Credentials: creds,
+			DataDir: filepath.Join(dir, user), SIPListen: "127.0.0.1:0", Roots: ca.Pool()},
+			zerolog.Nop())
+		if err != nil {
+			tb.Fatal(err)
+		}
+		runs.Add(1)
+		go func() { defer runs.Done(); a.Run(ctx) }() //nolint:errcheck // ends with ctx
+		select {
+		case <-a.Uplink().Ready():
+		case <-time.After(15 * time.Second):
+			tb.Fatalf("agent %s not attached after 15s", user)
+		}
+		r.agents = append(r.agents, a)
+	}
+	r.target = r.agents[0].SIPAddr()
+	r.register(tb, r.agents[1].SIPAddr())
 	return r
 }
 
@@ -106,8 +182,9 @@ type Step struct {
 	Traced bool
 	// CPU is the system under test's CPU time per call: this process's
 	// (both agents and both super peers) for the overlay, Kamailio's
-	// processes' for Kamailio, none for direct.
-	CPU time.Duration
+	// processes' for Kamailio, none for direct. With the super peers as
+	// processes it is the agents' alone, and SPCPU the super peers'.
+	CPU, SPCPU time.Duration
 	// Losses sums the agents' counters of payloads dropped, requests
 	// refused for overload and tunnel send errors during the run.
 	Losses string
@@ -137,6 +214,9 @@ func (s Step) String() string {
 	cpu := ""
 	if s.CPU > 0 {
 		cpu = fmt.Sprintf("; %v CPU/call", s.CPU.Round(time.Microsecond))
+	}
+	if s.SPCPU > 0 {
+		cpu = fmt.Sprintf("; agents %v, super peers %v CPU/call", s.CPU.Round(time.Microsecond), s.SPCPU.Round(time.Microsecond))
 	}
 	src := "SIPp rtd"
 	if s.Traced {
@@ -176,7 +256,7 @@ func (r *Rig) run(tb testing.TB, rate int, d time.Duration, trace bool) Step {
 	defer cancel()
 	uas := sipp.UAS(ctx, tb, r.uasPort, 0)
 	defer uas.Kill()
-	cpu0, before := r.cpu(), r.counters()
+	cpu0, spCPU0, before := r.cpu(), r.spCPU(), r.counters()
 	// sipp.UAC's arguments, plus the message trace when asked for.
 	args := []string{r.target, "-s", "bob", "-set", "user", "alice", "-set", "domain", r.domain,
 		"-m", strconv.Itoa(n), "-r", strconv.Itoa(rate), "-l", strconv.Itoa(4 * rate),
@@ -190,6 +270,9 @@ func (r *Rig) run(tb testing.TB, rate int, d time.Duration, trace bool) Step {
 	uac.Kill()
 	if c := r.cpu() - cpu0; c > 0 {
 		res.CPU = c / time.Duration(n)
+	}
+	if c := r.spCPU() - spCPU0; c > 0 {
+		res.SPCPU = c / time.Duration(n)
 	}
 	if r.agents != nil {
 		after := r.counters()
@@ -265,6 +348,17 @@ func (r *Rig) cpu() time.Duration {
 		return r.kam.CPU()
 	}
 	return 0
+}
+
+// spCPU is the CPU time the super peer processes have used so far.
+func (r *Rig) spCPU() time.Duration {
+	var sum time.Duration
+	for _, pid := range r.spPIDs {
+		if c, err := spproc.CPU(pid); err == nil {
+			sum += c
+		}
+	}
+	return sum
 }
 
 // counters sums the agents' loss counters.

@@ -92,7 +92,12 @@ func TestBenchFailover(t *testing.T) {
 		defer p.Stop(5 * time.Second)
 		sps = append(sps, p)
 	}
-	waitMembers(t, sps, 4)
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	err = spproc.WaitMembers(wctx, sps, 4)
+	wcancel()
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	// Agents: perSP per super peer. Each one's bootstrap lists "its" super
 	// peer first; redirects may move some.
@@ -462,18 +467,6 @@ func waitRecords(t *testing.T, sps []*spproc.Process, total int, timeout time.Du
 			sum += int(metric(p, locationHeld))
 		}
 		return sum >= total
-	})
-}
-
-func waitMembers(t *testing.T, sps []*spproc.Process, n int) {
-	t.Helper()
-	waitCond(t, 30*time.Second, "the mesh to converge", func() bool {
-		for _, p := range sps {
-			if int(metric(p, "p2psip_mesh_members")) < n {
-				return false
-			}
-		}
-		return true
 	})
 }
 

@@ -335,3 +335,29 @@ func CPU(pid int) (time.Duration, error) {
 	}
 	return time.Duration(total), nil
 }
+
+// WaitMembers waits until every process's mesh has n members (its
+// p2psip_mesh_members gauge), polling until ctx ends.
+func WaitMembers(ctx context.Context, procs []*Process, n int) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		short := 0
+		for _, p := range procs {
+			mctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			m, err := p.Metrics(mctx)
+			cancel()
+			if err != nil || int(m["p2psip_mesh_members"]) < n {
+				short++
+			}
+		}
+		if short == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d of %d super peers see fewer than %d members: %w", short, len(procs), n, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
