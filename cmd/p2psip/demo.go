@@ -22,6 +22,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/p2psip/p2psip/common/auth"
+	"github.com/p2psip/p2psip/common/gctune"
 	"github.com/p2psip/p2psip/common/logx"
 	"github.com/p2psip/p2psip/common/sipua"
 	"github.com/p2psip/p2psip/ordinarypeer/agent"
@@ -72,6 +73,7 @@ func runDemo(c *cli.Context) error {
 		return fmt.Errorf("config: log-level: %w", err)
 	}
 	logx.SetDefault(log)
+	gctune.Tune(gctune.ServerHeap) // three super peers and two agents in one process
 	dir := c.Path("data-dir")
 	if dir == "" {
 		if dir, err = os.MkdirTemp("", "p2psip-demo-"); err != nil {

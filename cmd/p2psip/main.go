@@ -19,15 +19,12 @@ import (
 	"syscall"
 
 	"github.com/urfave/cli/v2"
-
-	"github.com/p2psip/p2psip/common/gctune"
 )
 
 // version is set at link time (Makefile: -X main.version=...).
 var version = "dev"
 
 func main() {
-	gctune.Tune()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// After the first signal, restore the default handling so that a second
 	// Ctrl-C kills a process whose graceful stop hangs.

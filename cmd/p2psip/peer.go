@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2/altsrc"
 
 	"github.com/p2psip/p2psip/common/auth"
+	"github.com/p2psip/p2psip/common/gctune"
 	"github.com/p2psip/p2psip/common/logx"
 	"github.com/p2psip/p2psip/ordinarypeer/agent"
 	"github.com/p2psip/p2psip/superpeer"
@@ -91,6 +92,7 @@ func runPeer(c *cli.Context) error {
 		return err
 	}
 	logx.SetDefault(log)
+	gctune.Tune(gctune.EndpointHeap)
 	creds, err := auth.LoadCredentials(c.Path("credentials-file"))
 	if err != nil {
 		return err

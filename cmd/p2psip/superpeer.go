@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2/altsrc"
 	"gopkg.in/yaml.v3"
 
+	"github.com/p2psip/p2psip/common/gctune"
 	"github.com/p2psip/p2psip/common/logx"
 	"github.com/p2psip/p2psip/superpeer"
 )
@@ -113,6 +114,7 @@ func runSuperpeer(c *cli.Context) error {
 		return err
 	}
 	logx.SetDefault(log)
+	gctune.Tune(gctune.ServerHeap)
 	cfg := superpeer.Config{
 		Overlay:     c.String("overlay"),
 		DataDir:     c.Path("data-dir"),

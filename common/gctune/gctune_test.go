@@ -11,21 +11,22 @@ import (
 func TestGCPercentFor(t *testing.T) {
 	const mib = 1 << 20
 	for _, c := range []struct {
-		live uint64
-		want int
+		live, min uint64
+		want      int
 	}{
-		{0, 1000},
-		{1 * mib, 1000},  // 6400 %, capped
-		{8 * mib, 800},   // exactly 64 MiB of headroom
-		{20 * mib, 320},  // rounded up to tens
-		{64 * mib, 100},  // the default gives as much
-		{500 * mib, 100}, // a large live heap keeps Go's default
-		{30 * mib, 220},  // 213 → 220
-		{7 * mib, 920},   // 914 → 920
-		{6500 * 1024, 1000},
+		{0, ServerHeap, 1000},
+		{1 * mib, ServerHeap, 1000},  // 25,500 %, capped
+		{16 * mib, ServerHeap, 1000}, // 1,500 %, capped
+		{32 * mib, ServerHeap, 700},  // 32 + 224 = 256 MiB
+		{64 * mib, ServerHeap, 300},
+		{100 * mib, ServerHeap, 160}, // 156 → 160
+		{128 * mib, ServerHeap, 100}, // twice the live heap reaches the floor
+		{500 * mib, ServerHeap, 100}, // a large live heap keeps Go's default
+		{8 * mib, EndpointHeap, 300},
+		{16 * mib, EndpointHeap, 100},
 	} {
-		if got := percentFor(c.live, Headroom); got != c.want {
-			t.Errorf("percentFor(%d MiB) = %d, want %d", c.live/mib, got, c.want)
+		if got := percentFor(c.live, c.min); got != c.want {
+			t.Errorf("percentFor(%d MiB, %d MiB) = %d, want %d", c.live/mib, c.min/mib, got, c.want)
 		}
 	}
 }
@@ -39,7 +40,7 @@ func TestTune(t *testing.T) {
 	}
 	old := debug.SetGCPercent(100)
 	defer debug.SetGCPercent(old)
-	Tune()
+	Tune(ServerHeap)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		runtime.GC()

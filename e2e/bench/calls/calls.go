@@ -52,7 +52,7 @@ type Rig struct {
 func NewOverlay(tb testing.TB) *Rig {
 	tb.Helper()
 	sipp.Bin(tb)
-	gctune.Tune() // the overlay in this process collects as the binary does
+	gctune.Tune(gctune.ServerHeap) // the overlay in this process collects as a super peer does
 	o := harness.New(tb)
 	o.Log = o.Log.Level(zerolog.WarnLevel)
 	sp1, sp2 := o.Start(), o.Start()
@@ -73,7 +73,7 @@ func NewOverlay(tb testing.TB) *Rig {
 func NewOverlayProcesses(tb testing.TB) *Rig {
 	tb.Helper()
 	sipp.Bin(tb)
-	gctune.Tune()
+	gctune.Tune(gctune.ServerHeap)
 	const domain = "bench.test"
 	dir := tb.TempDir()
 	secretFile, secret, err := spproc.NewSecret(dir)
