@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/p2psip/p2psip/common/gctune"
 	"github.com/p2psip/p2psip/e2e/bench/report"
 	"github.com/p2psip/p2psip/e2e/bench/spproc"
 )
@@ -42,6 +43,8 @@ func TestBench(t *testing.T) {
 	}
 	sink := &fragments{dir: out}
 	p := params()
+	// The super peers this process runs collect as the binary's do.
+	gctune.Tune(gctune.ServerHeap)
 	t.Logf("bench mode %s: fragments to %s", p.mode, out)
 	t.Run("calls", func(t *testing.T) { benchCalls(t, p, sink) })
 	t.Run("register", func(t *testing.T) { benchRegister(t, p, sink) })
