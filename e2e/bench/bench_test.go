@@ -175,7 +175,7 @@ func params() benchParams {
 			// Issue 7: the highest rate with 0 failed calls over 30 s.
 			callStep: 3 * time.Second, callHold: 30 * time.Second, callLatency: 10 * time.Second, callSweep: 2 * time.Second,
 			callDirectHold: 10 * time.Second,
-			callStart:      200, callLimit: 51200, callBisect: 1, callHoldTries: 3,
+			callStart:      200, callLimit: 51200, callBisect: 2, callHoldTries: 3,
 			// The rate of the reference figures in shared/notes/TESTING.md.
 			latencyRate: 500,
 			regStep:     3 * time.Second, regHold: 10 * time.Second,
