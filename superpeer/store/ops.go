@@ -84,10 +84,13 @@ func (s *Store) admit(w Writer, rec *record.Record) (*record.Record, error) {
 }
 
 // ack is one replica's answer to a write: its copy after the merge when
-// the coordinator asked for it.
+// the coordinator asked for it — the local replica's as it is, a remote
+// replica's as the body of its answer, decoded only if the coordinator
+// uses it (answers past the quorum are not).
 type ack struct {
 	err   error
 	state []record.Record
+	body  []byte // a remote replica's wire.ReplicateResp
 }
 
 // write sends rec to its replica set and returns once a quorum
@@ -102,6 +105,7 @@ func (s *Store) write(ctx context.Context, rec *record.Record, w Writer, echo bo
 	replicas := s.Replicas(rid)
 	need := s.quorum(len(replicas))
 	req := &wire.ReplicateReq{Records: []record.Record{*rec}, Writer: w.Name(), WriterPeer: w.PeerID, Echo: echo}
+	var body []byte // req encoded once for every remote replica
 	acks := make(chan ack, len(replicas))
 	for _, p := range replicas {
 		if p == s.cfg.Self {
@@ -118,13 +122,18 @@ func (s *Store) write(ctx context.Context, rec *record.Record, w Writer, echo bo
 			acks <- a
 			continue
 		}
+		if body == nil {
+			if body, err = wire.Marshal(req); err != nil {
+				return Result{}, nil, fmt.Errorf("store %s: %w", rid.Short(), err)
+			}
+		}
 		st.wg.Add(1)
 		st.work.run(func() {
 			defer st.wg.Done()
-			resp, err := s.sendBatch(st.ctx, p, req)
+			f, err := s.replicate(st.ctx, p, body)
 			a := ack{err: err}
-			if err == nil {
-				a.state = resp.Records
+			if err == nil && echo {
+				a.body = f.Body
 			}
 			acks <- a
 		})
@@ -138,6 +147,13 @@ func (s *Store) write(ctx context.Context, rec *record.Record, w Writer, echo bo
 	for got < need && got+failed < len(replicas) {
 		select {
 		case a := <-acks:
+			if a.err == nil && a.body != nil {
+				var resp wire.ReplicateResp
+				if err := wire.Unmarshal(a.body, &resp); err != nil {
+					a.err = fmt.Errorf("replicate: %w", err)
+				}
+				a.state = resp.Records
+			}
 			if a.err != nil {
 				failed++
 				last = a.err
@@ -173,6 +189,20 @@ func (s *Store) send(ctx context.Context, p ids.PeerID, req *wire.ReplicateReq) 
 }
 
 func (s *Store) sendBatch(ctx context.Context, p ids.PeerID, req *wire.ReplicateReq) (*wire.ReplicateResp, error) {
+	f, err := s.replicate(ctx, p, req)
+	if err != nil {
+		return nil, err
+	}
+	var resp wire.ReplicateResp
+	if err := wire.Unmarshal(f.Body, &resp); err != nil {
+		return nil, fmt.Errorf("replicate to %s: %w", p.Short(), err)
+	}
+	return &resp, nil
+}
+
+// replicate sends a wire.ReplicateReq (or its encoding) to one peer,
+// bounded by the store's timeout, and returns the answer.
+func (s *Store) replicate(ctx context.Context, p ids.PeerID, req any) (*wire.Frame, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
 	f, err := s.peers.Request(ctx, p, wire.TypeReplicate, req)
@@ -181,11 +211,7 @@ func (s *Store) sendBatch(ctx context.Context, p ids.PeerID, req *wire.Replicate
 		return nil, fmt.Errorf("replicate to %s: %w", p.Short(), err)
 	}
 	s.m.replicated.WithLabelValues("ok").Inc()
-	var resp wire.ReplicateResp
-	if err := wire.Unmarshal(f.Body, &resp); err != nil {
-		return nil, fmt.Errorf("replicate to %s: %w", p.Short(), err)
-	}
-	return &resp, nil
+	return f, nil
 }
 
 // Get returns the live entries of a record, merged from a quorum of its
