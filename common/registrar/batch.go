@@ -2,6 +2,7 @@ package registrar
 
 import (
 	"context"
+	"net/http"
 	"strconv"
 	"sync"
 	"time"
@@ -196,8 +197,9 @@ func (g *Registrar) commit(ctx context.Context, aor string, batch []*pending, no
 		g.stats.batched.Add(uint64(len(accepted)))
 	}
 	list := g.contactList(ctx, aor, state, now)
+	date := now.UTC().Format(http.TimeFormat)
 	for _, p := range accepted {
-		p.res = okResponse(p.req, list, now)
+		p.res = okResponse(p.req, list, date)
 	}
 	return rest
 }

@@ -318,3 +318,27 @@ func TestConcurrentOneAOR(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkRegister is one authenticated re-registration of an edge
+// phone with a new Call-ID (the register benchmark's load) against a store
+// that answers with the state, as the overlay's does.
+func BenchmarkRegister(b *testing.B) {
+	st := &stateStore{memStore: &memStore{recs: make(map[string]*record.Record)}}
+	g, err := New(Config{
+		Self: self, Overlay: "example.net", Store: st, Edge: true,
+		Attachment: func() Attachment { return Attachment{SPAddr: "192.0.2.1:6084"} },
+		Authorize:  func(*sip.Request, string) (string, *sip.Response) { return "load0", nil },
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		req := withCall(register("load0", "", "sip:load0@127.0.0.1:5060", "UDP", "127.0.0.1:5060", 3600), fmt.Sprintf("%d-1@127.0.0.1", i), 2)
+		if res := g.handle(req); res.StatusCode != 200 {
+			b.Fatal(res.StatusCode)
+		}
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"math"
-	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -222,7 +221,7 @@ func (g *Registrar) parseContact(c *sip.ContactHeader, hdrExp time.Duration, has
 	if hasControl(uri) || len(uri) > record.MaxURILen {
 		return u, refuse(400, "Bad Contact URI")
 	}
-	m, hp, ok := matchKeys(uri)
+	m, hp, ok := uriKeys(&c.Address) // as matchKeys(uri), without parsing it again
 	if !ok {
 		return u, refuse(400, "Bad Contact URI")
 	}
@@ -432,15 +431,16 @@ func (g *Registrar) contactList(ctx context.Context, aor string, state *record.R
 	return list
 }
 
-// okResponse builds the 200 for req listing the contacts.
-func okResponse(req *sip.Request, list []contact, now time.Time) *sip.Response {
+// okResponse builds the 200 for req listing the contacts; date is the
+// Date header's value.
+func okResponse(req *sip.Request, list []contact, date string) *sip.Response {
 	res := sip.NewResponseFromRequest(req, 200, "OK", nil)
 	for _, c := range list {
 		h := &sip.ContactHeader{Address: c.uri, Params: sip.NewParams()}
 		h.Params.Add("expires", strconv.FormatInt(c.exp, 10))
 		res.AppendHeader(h)
 	}
-	res.AppendHeader(sip.NewHeader("Date", now.UTC().Format(http.TimeFormat)))
+	res.AppendHeader(sip.NewHeader("Date", date))
 	return res
 }
 

@@ -23,18 +23,26 @@ func newTable() table {
 
 func (t *table) get(aor, key string) *binding { return t.byAOR[aor][key] }
 
-// put adds b, replacing the binding with the same AoR and key.
+// put adds b, replacing the binding with the same AoR and key. The new
+// binding is indexed before the old one is unindexed, so that a refresh
+// (same contact, same flow) keeps its index sets instead of freeing and
+// making them again.
 func (t *table) put(b *binding) {
-	t.del(b.aor, b.key)
 	keys := t.byAOR[b.aor]
 	if keys == nil {
 		keys = make(map[string]*binding)
 		t.byAOR[b.aor] = keys
 	}
+	old := keys[b.key]
 	keys[b.key] = b
 	index(t.byMatch, b.match, b)
 	index(t.byHost, b.hostport, b)
 	index(t.byFlow, b.flow(), b)
+	if old != nil {
+		unindex(t.byMatch, old.match, old)
+		unindex(t.byHost, old.hostport, old)
+		unindex(t.byFlow, old.flow(), old)
+	}
 }
 
 // del removes the binding of aor and key, if any, and returns it.
