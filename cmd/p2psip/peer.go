@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -58,6 +59,8 @@ func peerFlags() []cli.Flag {
 			Usage: "do not verify super peers' certificates (development only)"}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "keepalive", EnvVars: env("keepalive"),
 			Usage: "Ping `INTERVAL` to the super peer (default: what the super peer asks, 25s)"}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "relay-after", Value: agent.DefaultRelayAfter, EnvVars: env("relay-after"),
+			Usage: "re-send a request through the TURN relays when the overlay brings no answer within `DURATION` (0: only when the overlay reports the destination unreachable)"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "json", EnvVars: env("log-format"),
 			Usage: "`json` or console"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("log-level"),
@@ -128,6 +131,7 @@ func runPeer(c *cli.Context) error {
 		Roots:        roots,
 		Insecure:     c.Bool("insecure"),
 		Keepalive:    c.Duration("keepalive"),
+		RelayAfter:   relayAfter(c.Duration("relay-after")),
 		Role:         c.String("role"),
 		Promoter:     promoter,
 		Admin:        admin,
@@ -163,4 +167,13 @@ func newPromoter(c *cli.Context, log zerolog.Logger) (agent.Promoter, error) {
 			Admin:      c.String("promote-admin"),
 		},
 	}, log)
+}
+
+// relayAfter maps --relay-after to agent.Config.RelayAfter, where 0 is the
+// default and a negative value turns the timeout off.
+func relayAfter(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }

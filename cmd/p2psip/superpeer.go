@@ -47,6 +47,8 @@ func superpeerFlags() []cli.Flag {
 			Usage: "PEM private key `FILE` of --sips-cert-file"}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "sip-max-inflight", Value: 1000, EnvVars: env("sip-max-inflight"),
 			Usage: "`N` SIP requests the edge handles at once; past it, 503 with Retry-After"}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "sip-max-waiting", EnvVars: env("sip-max-waiting"),
+			Usage: "`N` proxied SIP requests waiting for their answers at once (default 64 × --sip-max-inflight); past it, 503"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "sip-foreign-domain", Value: "403", EnvVars: env("sip-foreign-domain"),
 			Usage: "edge answer (`403` or 404) to requests for domains other than the overlay"}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "turn-port", Value: 3478, EnvVars: env("turn-port"),
@@ -138,6 +140,7 @@ func runSuperpeer(c *cli.Context) error {
 		SIPSCertFile:    c.Path("sips-cert-file"),
 		SIPSKeyFile:     c.Path("sips-key-file"),
 		EdgeMaxInFlight: c.Int("sip-max-inflight"),
+		EdgeMaxWaiting:  c.Int("sip-max-waiting"),
 		ForeignDomain:   c.String("sip-foreign-domain"),
 
 		TURNPort:           cliPort(c.Int("turn-port")),

@@ -308,6 +308,7 @@ func superpeerChecks() []check {
 			return ""
 		}},
 		intRange("sip-max-inflight", 1, maxInt),
+		intRange("sip-max-waiting", 0, maxInt),
 		oneOf("sip-foreign-domain", "403", "404"),
 		{"turn-relay-ports", func(c *cli.Context) string {
 			if _, _, err := relayPorts(c.String("turn-relay-ports")); err != nil {
@@ -407,6 +408,12 @@ func peerChecks() []check {
 			return ""
 		}},
 		durationKey("keepalive", 0, "0 (the super peer's choice) or positive"),
+		{"relay-after", func(c *cli.Context) string {
+			if v := c.Duration("relay-after"); v != 0 && (v < 100*time.Millisecond || v > time.Minute) {
+				return fmt.Sprintf("must be 0 (error frames only) or 100ms..1m (got %s)", v)
+			}
+			return ""
+		}},
 		{"keepalive", func(c *cli.Context) string {
 			if v := c.Duration("keepalive"); v > 0 && v < time.Second {
 				return fmt.Sprintf("must be 0 or at least 1s (got %s)", v)

@@ -58,6 +58,7 @@ func TestConfigValidation(t *testing.T) {
 		{"overlay", nil, []string{`overlay: must be a domain name such as example.net (got "my overlay", from --overlay)`}, []string{"superpeer", "--overlay", "my overlay"}},
 		{"join", nil, []string{`join: "10.0.0.1": want HOST:PORT (from --join)`}, []string{"superpeer", "--join", "10.0.0.1"}},
 		{"relay ports", nil, []string{`turn-relay-ports: must be MIN-MAX within 1024-65535 (got "100-200"`}, []string{"superpeer", "--turn-relay-ports", "100-200"}},
+		{"sip max waiting", []string{"P2PSIP_SIP_MAX_WAITING=-1"}, []string{"sip-max-waiting: must be ≥ 0 (got -1, from P2PSIP_SIP_MAX_WAITING)"}, []string{"superpeer"}},
 		{"drain", []string{"P2PSIP_DRAIN_TIMEOUT=0s"}, []string{"drain-timeout: must be at least 1s (got 0s, from P2PSIP_DRAIN_TIMEOUT)"}, []string{"superpeer"}},
 		{"secret file", nil, []string{"secret-file: " + filepath.Join(dir, "nope") + ": no such file or directory (from --secret-file)"}, []string{"superpeer", "--secret-file", filepath.Join(dir, "nope")}},
 		{"sips pair", nil, []string{"sips-key-file: sips-cert-file and sips-key-file go together"}, []string{"superpeer", "--sips-cert-file", creds}},
@@ -70,6 +71,8 @@ func TestConfigValidation(t *testing.T) {
 		{"peer listen", []string{"P2PSIP_SIP_LISTEN=0.0.0.0:5060"}, []string{"sip-advertise: is required when sip-listen has no specific host"}, []string{"peer", "--credentials-file", creds, "--insecure"}},
 		{"peer keepalive", nil, []string{"keepalive: must be 0 or at least 1s (got 10ms, from --keepalive)", `sip-listen: "127.0.0.1:x": invalid port (from --sip-listen)`},
 			[]string{"peer", "--credentials-file", creds, "--insecure", "--keepalive", "10ms", "--sip-listen", "127.0.0.1:x"}},
+		{"peer relay after", nil, []string{"relay-after: must be 0 (error frames only) or 100ms..1m (got 10ms, from --relay-after)"},
+			[]string{"peer", "--credentials-file", creds, "--insecure", "--relay-after", "10ms"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			stderr := mustFail(t, dir, tc.env, tc.want[0], tc.args...)
