@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/p2psip/p2psip/common/ids"
@@ -84,13 +86,10 @@ func (s *Store) admit(w Writer, rec *record.Record) (*record.Record, error) {
 }
 
 // ack is one replica's answer to a write: its copy after the merge when
-// the coordinator asked for it — the local replica's as it is, a remote
-// replica's as the body of its answer, decoded only if the coordinator
-// uses it (answers past the quorum are not).
+// the coordinator asked for it.
 type ack struct {
 	err   error
 	state []record.Record
-	body  []byte // a remote replica's wire.ReplicateResp
 }
 
 // write sends rec to its replica set and returns once a quorum
@@ -105,8 +104,15 @@ func (s *Store) write(ctx context.Context, rec *record.Record, w Writer, echo bo
 	replicas := s.Replicas(rid)
 	need := s.quorum(len(replicas))
 	req := &wire.ReplicateReq{Records: []record.Record{*rec}, Writer: w.Name(), WriterPeer: w.PeerID, Echo: echo}
-	var body []byte // req encoded once for every remote replica
+	// req encoded once for every remote replica, on the first worker to
+	// need it: a request goroutine calling in (a SIP handler's) would grow
+	// its stack for the encoder's depth, by copying.
+	encode := sync.OnceValues(func() ([]byte, error) { return wire.Marshal(req) })
 	acks := make(chan ack, len(replicas))
+	// done tells the workers the coordinator has its answer: the echoed
+	// state of a replica answering past the quorum is not decoded.
+	var done atomic.Bool
+	defer done.Store(true)
 	for _, p := range replicas {
 		if p == s.cfg.Self {
 			// Put and Remove validated and authorized rec already; the
@@ -122,18 +128,22 @@ func (s *Store) write(ctx context.Context, rec *record.Record, w Writer, echo bo
 			acks <- a
 			continue
 		}
-		if body == nil {
-			if body, err = wire.Marshal(req); err != nil {
-				return Result{}, nil, fmt.Errorf("store %s: %w", rid.Short(), err)
-			}
-		}
 		st.wg.Add(1)
 		st.work.run(func() {
 			defer st.wg.Done()
+			body, err := encode()
+			if err != nil {
+				acks <- ack{err: fmt.Errorf("replicate to %s: %w", p.Short(), err)}
+				return
+			}
 			f, err := s.replicate(st.ctx, p, body)
 			a := ack{err: err}
-			if err == nil && echo {
-				a.body = f.Body
+			if err == nil && echo && !done.Load() {
+				var resp wire.ReplicateResp
+				if err := wire.Unmarshal(f.Body, &resp); err != nil {
+					a.err = fmt.Errorf("replicate to %s: %w", p.Short(), err)
+				}
+				a.state = resp.Records
 			}
 			acks <- a
 		})
@@ -147,13 +157,6 @@ func (s *Store) write(ctx context.Context, rec *record.Record, w Writer, echo bo
 	for got < need && got+failed < len(replicas) {
 		select {
 		case a := <-acks:
-			if a.err == nil && a.body != nil {
-				var resp wire.ReplicateResp
-				if err := wire.Unmarshal(a.body, &resp); err != nil {
-					a.err = fmt.Errorf("replicate: %w", err)
-				}
-				a.state = resp.Records
-			}
 			if a.err != nil {
 				failed++
 				last = a.err
