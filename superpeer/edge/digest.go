@@ -103,7 +103,7 @@ func newDigestAuth(realm string, secret []byte, lifetime time.Duration, now func
 // fresh nonce.
 func (d *digestAuth) challenge(stale bool) string {
 	c := digest.Challenge{Realm: d.realm, Nonce: d.nonce(d.now()), Algorithm: "MD5", QOP: []string{"auth"}, Stale: stale}
-	return c.String()
+	return auth.FormatDigestChallenge(&c)
 }
 
 func (d *digestAuth) nonce(at time.Time) string {
@@ -143,7 +143,7 @@ func (d *digestAuth) check(method, header string, track bool) (string, error) {
 	if header == "" {
 		return "", errNoAuth
 	}
-	cred, err := digest.ParseCredentials(header)
+	cred, err := auth.ParseDigestCredentials(header)
 	if err != nil {
 		return "", fmt.Errorf("%w: %v", errBadDigest, err)
 	}
