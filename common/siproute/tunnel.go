@@ -38,7 +38,7 @@ const readyTimeout = 2 * time.Second
 type tunnel struct {
 	sender   Sender
 	addr     *net.TCPAddr
-	queueLen int
+	queueLen, queueBytes int
 	stats    *counters
 	log      zerolog.Logger
 
@@ -54,9 +54,9 @@ type tunnel struct {
 	next    uint32 // offset of the next fake address in fakePrefix
 }
 
-func newTunnel(sender Sender, queueLen int, stats *counters, log zerolog.Logger) *tunnel {
+func newTunnel(sender Sender, queueLen, queueBytes int, stats *counters, log zerolog.Logger) *tunnel {
 	return &tunnel{
-		sender: sender, queueLen: queueLen, stats: stats, log: log,
+		sender: sender, queueLen: queueLen, queueBytes: queueBytes, stats: stats, log: log,
 		addr:   net.TCPAddrFromAddrPort(netip.AddrPortFrom(fakeListen, fakePort)),
 		accept: make(chan *vconn, 64), closed: make(chan struct{}),
 		conns: make(map[ids.PeerID]*vconn), byAddr: make(map[string]*vconn),

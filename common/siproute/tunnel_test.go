@@ -38,9 +38,13 @@ func (f *fakeSender) SendTunnel(dst, hint ids.PeerID, p []byte) error {
 func peer(n byte) ids.PeerID { return ids.PeerID{0xee, 15: n} }
 
 func newTestTunnel(t *testing.T, queue int) (*tunnel, *fakeSender, *counters) {
+	return newTestTunnelBytes(t, queue, 1<<20)
+}
+
+func newTestTunnelBytes(t *testing.T, queue, queueBytes int) (*tunnel, *fakeSender, *counters) {
 	s := &fakeSender{}
 	var st counters
-	tun := newTunnel(s, queue, &st, zerolog.Nop())
+	tun := newTunnel(s, queue, queueBytes, &st, zerolog.Nop())
 	tun.start()
 	t.Cleanup(func() { tun.Close() })
 	return tun, s, &st
@@ -124,6 +128,35 @@ func TestVconnReadWrite(t *testing.T) {
 	c.Close() // idempotent
 	if _, ok := tun.peerOf("100.64.0.2:5061"); ok {
 		t.Error("closed connection still mapped")
+	}
+}
+
+// The queue is bounded by bytes too, and what sipgo has read no longer
+// counts.
+func TestVconnQueueBytes(t *testing.T) {
+	msg := []byte(crlf("ACK sip:a@b SIP/2.0\nContent-Length: 0\n\n"))
+	tun, _, _ := newTestTunnelBytes(t, 100, 2*len(msg))
+	for i := range 2 {
+		if err := tun.deliver(peer(1), peer(9), msg); err != nil {
+			t.Fatalf("payload %d: %v", i, err)
+		}
+	}
+	c := adopt(t, tun)
+	if err := tun.deliver(peer(1), peer(9), msg); err == nil {
+		t.Fatal("a third payload fit a queue of two payloads' bytes")
+	}
+	buf := make([]byte, 2*len(msg))
+	for n := 0; n < len(buf); {
+		k, err := c.Read(buf[n:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += k
+	}
+	for i := range 2 {
+		if err := tun.deliver(peer(1), peer(9), msg); err != nil {
+			t.Fatalf("after reading, payload %d: %v", i, err)
+		}
 	}
 }
 

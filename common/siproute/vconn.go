@@ -13,8 +13,9 @@ import (
 // vconn is the virtual stream connection sipgo sees for one remote Peer-ID.
 // Inbound payloads queue up for sipgo's reader; each sipgo Write is one
 // whole SIP message and leaves as one SendTunnel call. The queue is bounded
-// (tunnel.queueLen payloads): when sipgo falls behind, new payloads are
-// dropped and counted rather than blocking the uplink's reader.
+// (tunnel.queueLen payloads, tunnel.queueBytes bytes): when sipgo falls
+// behind that far, new payloads are dropped and counted rather than
+// blocking the uplink's reader.
 type vconn struct {
 	t     *tunnel
 	peer  ids.PeerID
@@ -31,6 +32,7 @@ type vconn struct {
 
 	mu sync.Mutex // guards the fields below
 	q  [][]byte   // whole messages not yet read
+	qb int        // their bytes
 	// cur is the unread rest of the message sipgo is reading.
 	cur []byte
 }
@@ -52,11 +54,12 @@ func (c *vconn) push(p []byte) bool {
 		return false
 	default:
 	}
-	if len(c.q) >= c.t.queueLen {
+	if len(c.q) >= c.t.queueLen || c.qb+len(p) > c.t.queueBytes {
 		c.mu.Unlock()
 		return false
 	}
 	c.q = append(c.q, p)
+	c.qb += len(p)
 	c.mu.Unlock()
 	select {
 	case c.wake <- struct{}{}:
@@ -84,6 +87,7 @@ func (c *vconn) Read(b []byte) (int, error) {
 				}
 				c.cur, c.q[0] = c.q[0], nil
 				c.q = c.q[1:]
+				c.qb -= len(c.cur)
 			}
 			k := copy(b[n:], c.cur)
 			c.cur = c.cur[k:]
