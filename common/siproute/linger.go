@@ -20,11 +20,19 @@ import (
 // own dialog state).
 const Linger = 5 * time.Second
 
+// acceptedLinger is Timer M, how long an INVITE client transaction stays
+// "Accepted" after its 2xx (RFC 6026). It only catches the 2xx
+// retransmissions of the far side, and this proxy forwards those
+// statelessly whether they match it (OnRetransmission) or not
+// (onUnhandledResponse): keeping it longer changes nothing but memory.
+// One T1 covers the copies already in flight.
+const acceptedLinger = 500 * time.Millisecond
+
 // The timers are process-wide variables of sipgo: set them once, before
 // any transaction exists, so no transaction ever reads them mid-write.
 func init() {
 	sip.Timer_D = Linger
 	sip.Timer_J = Linger
 	sip.Timer_L = Linger
-	sip.Timer_M = Linger
+	sip.Timer_M = acceptedLinger
 }
