@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -433,12 +434,28 @@ func (r *Rig) MaxRate(tb testing.TB, c Ramp) (best Step, ramped int, steps []Ste
 			if c.Log != nil {
 				c.Log("%s: %v", r.Name, last)
 			}
+			if !last.OK() {
+				settle()
+			}
 			return last.OK()
 		})
 	if held == 0 {
 		return Step{}, ramped, steps
 	}
 	return last, ramped, steps
+}
+
+// afterOverload is how long the state an overloaded step leaves behind
+// lives: completed transactions linger (siproute.Linger, Kamailio's
+// wait_timer is as long) and a callee's agent remembers requests for its
+// duplicate check for 10 s. Every step is to start from a quiet system.
+const afterOverload = 11 * time.Second
+
+// settle lets what an overloaded step left expire and collects it, so the
+// next step does not pay for the last one's backlog. All rigs wait alike.
+func settle() {
+	time.Sleep(afterOverload)
+	runtime.GC()
 }
 
 // traceLatencies reads a SIPp -trace_msg file and returns, per call, the
