@@ -77,33 +77,15 @@ func NewOverlayProcesses(tb testing.TB) *Rig {
 	gctune.Tune(gctune.ServerHeap)
 	const domain = "bench.test"
 	dir := tb.TempDir()
-	secretFile, secret, err := spproc.NewSecret(dir)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ca, err := auth.OverlayCA(secret, domain)
-	if err != nil {
-		tb.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
-	var sps []*spproc.Process
-	for i := range 2 {
-		cfg := spproc.Config{Dir: filepath.Join(dir, fmt.Sprintf("sp%d", i)), SecretFile: secretFile, Overlay: domain}
-		for _, p := range sps {
-			cfg.Join = append(cfg.Join, p.GossipAddr)
-		}
-		p, err := spproc.Start(ctx, cfg)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		tb.Cleanup(func() { p.Stop(5 * time.Second) })
-		sps = append(sps, p)
-	}
-	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
-	err = spproc.WaitMembers(wctx, sps, 2)
-	wcancel()
+	mesh, err := spproc.StartMesh(ctx, dir, domain, 2)
 	if err != nil {
+		cancel()
 		tb.Fatal(err)
+	}
+	sps, secret, ca := mesh.Procs, mesh.Secret, mesh.CA
+	for _, p := range sps {
+		tb.Cleanup(func() { p.Stop(5 * time.Second) })
 	}
 	// Registered after the super peers' Stop, so it runs first: the agents
 	// end before their super peers do.

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -68,35 +67,15 @@ func TestBenchFailover(t *testing.T) {
 	if report.Full() {
 		perSP = 1000
 	}
-	dir := t.TempDir()
-	secretFile, secret, err := spproc.NewSecret(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := auth.OverlayCA(secret, overlay)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var sps []*spproc.Process
-	for i := range 4 {
-		cfg := spproc.Config{Dir: filepath.Join(dir, fmt.Sprintf("sp%d", i)), SecretFile: secretFile, Overlay: overlay}
-		for _, p := range sps {
-			cfg.Join = append(cfg.Join, p.GossipAddr)
-		}
-		p, err := spproc.Start(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer p.Stop(5 * time.Second)
-		sps = append(sps, p)
-	}
-	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
-	err = spproc.WaitMembers(wctx, sps, 4)
-	wcancel()
+	mesh, err := spproc.StartMesh(ctx, t.TempDir(), overlay, 4)
 	if err != nil {
 		t.Fatal(err)
+	}
+	sps, secret, ca := mesh.Procs, mesh.Secret, mesh.CA
+	for _, p := range sps {
+		defer p.Stop(5 * time.Second)
 	}
 
 	// Agents: perSP per super peer. Each one's bootstrap lists "its" super

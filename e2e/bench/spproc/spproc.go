@@ -361,3 +361,49 @@ func WaitMembers(ctx context.Context, procs []*Process, n int) error {
 		}
 	}
 }
+
+// Mesh is n super peers of one overlay started by StartMesh.
+type Mesh struct {
+	Procs  []*Process
+	Secret []byte
+	CA     *auth.CA // verifies the super peers (agents' Roots)
+}
+
+// StartMesh starts n super peers of overlay with a fresh secret, their
+// data directories under dir, each joining the ones before it, and waits
+// (at most 30 s) until every one sees all n members. On error the ones
+// started are stopped; otherwise the caller stops them (Process.Stop).
+func StartMesh(ctx context.Context, dir, overlay string, n int) (*Mesh, error) {
+	secretFile, secret, err := NewSecret(dir)
+	if err != nil {
+		return nil, err
+	}
+	ca, err := auth.OverlayCA(secret, overlay)
+	if err != nil {
+		return nil, err
+	}
+	m := &Mesh{Secret: secret, CA: ca}
+	fail := func(err error) (*Mesh, error) {
+		for _, p := range m.Procs {
+			p.Stop(5 * time.Second)
+		}
+		return nil, err
+	}
+	for i := range n {
+		cfg := Config{Dir: filepath.Join(dir, fmt.Sprintf("sp%d", i)), SecretFile: secretFile, Overlay: overlay}
+		for _, p := range m.Procs {
+			cfg.Join = append(cfg.Join, p.GossipAddr)
+		}
+		p, err := Start(ctx, cfg)
+		if err != nil {
+			return fail(err)
+		}
+		m.Procs = append(m.Procs, p)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := WaitMembers(wctx, m.Procs, n); err != nil {
+		return fail(err)
+	}
+	return m, nil
+}
