@@ -36,11 +36,11 @@ const readyTimeout = 2 * time.Second
 // tunnel is the net.Listener served to sipgo as the "TLS" transport, plus
 // the map between Peer-IDs, their virtual connections and fake addresses.
 type tunnel struct {
-	sender   Sender
-	addr     *net.TCPAddr
+	sender               Sender
+	addr                 *net.TCPAddr
 	queueLen, queueBytes int
-	stats    *counters
-	log      zerolog.Logger
+	stats                *counters
+	log                  zerolog.Logger
 
 	accept    chan *vconn
 	closed    chan struct{}
