@@ -63,7 +63,7 @@ func benchCalls(t *testing.T, p benchParams, sink *fragments) {
 	}
 
 	ramp := calls.Ramp{Start: p.callStart, Limit: p.callLimit, Step: p.callStep, Bisect: p.callBisect,
-		Hold: p.callHold, HoldTries: p.callHoldTries, Log: log.logf}
+		Hold: p.callHold, HoldTries: p.callHoldTries, HoldCut: p.callHoldCut, Log: log.logf}
 	prof := startProfile(t, p, "calls-overlay")
 	bo, ro, so := ov.MaxRate(t, ramp)
 	shares, top := prof.stop(callCategories)

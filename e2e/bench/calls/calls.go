@@ -394,10 +394,10 @@ type Ramp struct {
 	// first failure.
 	Bisect int
 	// Hold is the duration of the confirming run at the rate found; when
-	// it fails the rate is lowered by 20 % and held again, at most
-	// HoldTries times in all.
-	Hold      time.Duration
-	HoldTries int
+	// it fails the rate is lowered by HoldCut per cent (0: 20) and held
+	// again, at most HoldTries times in all.
+	Hold               time.Duration
+	HoldTries, HoldCut int
 	// Log receives each step as it ends.
 	Log func(format string, args ...any)
 }
@@ -409,7 +409,7 @@ type Ramp struct {
 func (r *Rig) MaxRate(tb testing.TB, c Ramp) (best Step, ramped int, steps []Step) {
 	tb.Helper()
 	var last Step
-	held, ramped := ramp.Search(ramp.Config{Start: c.Start, Limit: c.Limit, Bisect: c.Bisect, Step: c.Step, Hold: c.Hold, HoldTries: c.HoldTries},
+	held, ramped := ramp.Search(ramp.Config{Start: c.Start, Limit: c.Limit, Bisect: c.Bisect, Step: c.Step, Hold: c.Hold, HoldTries: c.HoldTries, HoldCut: c.HoldCut},
 		func(rate int, d time.Duration) bool {
 			last = r.Run(tb, rate, d)
 			steps = append(steps, last)

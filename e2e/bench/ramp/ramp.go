@@ -11,10 +11,10 @@ type Config struct {
 	// Limit; then Bisect steps between the last pass and the first failure.
 	Start, Limit, Bisect int
 	// Step and Hold are the durations of a ramp step and of the
-	// confirming run at the rate found (lowered by 20 % when it fails,
-	// HoldTries runs at most).
-	Step, Hold time.Duration
-	HoldTries  int
+	// confirming run at the rate found (lowered by HoldCut per cent when
+	// it fails, HoldTries runs at most; HoldCut 0 means 20).
+	Step, Hold         time.Duration
+	HoldTries, HoldCut int
 }
 
 // Search runs the steps through run, which reports whether the offered
@@ -41,12 +41,16 @@ func Search(c Config, run func(rate int, d time.Duration) bool) (held, ramped in
 			firstFail = mid
 		}
 	}
+	cut := c.HoldCut
+	if cut <= 0 || cut >= 100 {
+		cut = 20
+	}
 	rate := lastOK
 	for try := 0; try < c.HoldTries && rate > 0; try++ {
 		if run(rate, c.Hold) {
 			return rate, lastOK
 		}
-		rate = Round(rate * 80 / 100)
+		rate = Round(rate * (100 - cut) / 100)
 	}
 	return 0, lastOK
 }

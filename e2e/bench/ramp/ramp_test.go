@@ -23,6 +23,12 @@ func TestSearch(t *testing.T) {
 	if held != 640 || ramped != 1000 || !slices.Equal(tried, want) {
 		t.Errorf("held %d ramped %d after %v; want 640, 1000 after %v", held, ramped, tried, want)
 	}
+	// The same with holds lowered by 10 %: 1000✗ 900✗ 810✗ 720✗ 640 (Round).
+	tried = nil
+	held, _ = Search(Config{Start: 100, Limit: 10000, Bisect: 2, Step: time.Second, Hold: time.Minute, HoldTries: 5, HoldCut: 10}, run)
+	if want := []int{1000, 900, 810, 720, 640}; held != 640 || !slices.Equal(tried[7:], want) {
+		t.Errorf("holds %v, held %d; want %v, 640", tried[7:], held, want)
+	}
 	tried = nil
 	if held, _ := Search(Config{Start: 100, Limit: 10000, Bisect: 1, Step: time.Second, Hold: time.Minute, HoldTries: 1}, func(int, time.Duration) bool { return false }); held != 0 {
 		t.Errorf("held %d for a system that passes nothing", held)

@@ -123,7 +123,7 @@ func (l Load) Run(tb testing.TB, rate int, d time.Duration) Step {
 }
 
 // Ramp runs the rates in order, d each, until a step fails, then holds
-// the best rate for hold (lowering it by 15 % up to twice when the hold
+// the best rate for hold (lowering it by 15 % up to four times when the hold
 // fails). It returns the passing hold (Rate 0 if none) and every step.
 func (l Load) Ramp(tb testing.TB, rates []int, d, hold time.Duration, log func(string, ...any)) (best Step, steps []Step) {
 	tb.Helper()
@@ -144,7 +144,7 @@ func (l Load) Ramp(tb testing.TB, rates []int, d, hold time.Duration, log func(s
 		}
 		lastOK = rate
 	}
-	for try := 0; try < 3 && lastOK > 0; try++ {
+	for try := 0; try < 5 && lastOK > 0; try++ {
 		if s := run(lastOK, hold); s.OK() {
 			return s, steps
 		}
