@@ -58,6 +58,13 @@ func (r *Router) proxy(orig, in *sip.Request, tx sip.ServerTransaction, from ori
 	}
 	var best bestResponse
 	var branches []*branch
+	defer func() {
+		for _, b := range branches {
+			if !b.t.peer.IsZero() {
+				r.byPeer.remove(b.t.peer, b.tx)
+			}
+		}
+	}()
 	// A lone branch (nearly every request) is watched by the loop below
 	// itself: a watcher goroutine per branch cost a goroutine start, a
 	// stack growth and a channel hop per response.
@@ -77,6 +84,9 @@ func (r *Router) proxy(orig, in *sip.Request, tx sip.ServerTransaction, from ori
 			continue
 		}
 		branches = append(branches, b)
+		if !b.t.peer.IsZero() {
+			r.byPeer.add(b.t.peer, b.tx)
+		}
 		if events == nil {
 			one, oneRes, oneDone = b, b.tx.Responses(), b.tx.Done()
 			continue

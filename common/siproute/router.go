@@ -144,6 +144,7 @@ type Router struct {
 	stats    counters
 	inflight atomic.Int64
 	waiting  atomic.Int64 // proxied requests past their branches' start
+	byPeer   peerBranches // branches going over the tunnel, for PeerGone
 
 	mu sync.Mutex // guards state, runCtx and stop; handlers.Add happens under it
 	// state is 0 before Serve, 1 while serving, 2 after.
@@ -382,4 +383,57 @@ func (r *Router) PeerGone(p ids.PeerID) {
 	if r.tun.gone(p) {
 		r.log.Debug().Str("dst", p.Short()).Msg("tunnel connection closed")
 	}
+	for _, tx := range r.byPeer.take(p) {
+		tx.Terminate() // its proxy loop answers 480
+	}
+}
+
+// peerBranches holds the client transactions of proxy branches sent to
+// each peer over the tunnel. PeerGone ends them itself rather than have
+// sipgo end a closed connection's transactions
+// (WithTransactionLayerTerminateOnConnClose): sipgo enters a transaction
+// in its table before it initializes it, and ending one in between
+// dereferences its nil state — a crash seen under load when a peer went
+// away while calls to it were starting.
+type peerBranches struct {
+	mu sync.Mutex
+	m  map[ids.PeerID]map[sip.ClientTransaction]struct{}
+}
+
+func (pb *peerBranches) add(p ids.PeerID, tx sip.ClientTransaction) {
+	pb.mu.Lock()
+	defer pb.mu.Unlock()
+	if pb.m == nil {
+		pb.m = make(map[ids.PeerID]map[sip.ClientTransaction]struct{})
+	}
+	s := pb.m[p]
+	if s == nil {
+		s = make(map[sip.ClientTransaction]struct{}, 1)
+		pb.m[p] = s
+	}
+	s[tx] = struct{}{}
+}
+
+func (pb *peerBranches) remove(p ids.PeerID, tx sip.ClientTransaction) {
+	pb.mu.Lock()
+	defer pb.mu.Unlock()
+	if s := pb.m[p]; s != nil {
+		delete(s, tx)
+		if len(s) == 0 {
+			delete(pb.m, p)
+		}
+	}
+}
+
+// take removes and returns p's transactions.
+func (pb *peerBranches) take(p ids.PeerID) []sip.ClientTransaction {
+	pb.mu.Lock()
+	defer pb.mu.Unlock()
+	s := pb.m[p]
+	delete(pb.m, p)
+	out := make([]sip.ClientTransaction, 0, len(s))
+	for tx := range s {
+		out = append(out, tx)
+	}
+	return out
 }

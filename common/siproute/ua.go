@@ -34,7 +34,7 @@ func (r *Router) newUA(log *slog.Logger) (*sipgo.UserAgent, error) {
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(log),
 			sip.WithTransactionLayerUnhandledResponseHandler(r.onUnhandledResponse),
-			sip.WithTransactionLayerTerminateOnConnClose(),
+			// Not WithTransactionLayerTerminateOnConnClose: see peerBranches.
 		),
 	)
 	if err != nil {
