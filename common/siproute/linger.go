@@ -7,7 +7,7 @@ import (
 )
 
 // Linger is how long a completed SIP transaction stays to absorb
-// retransmissions (sipgo's timers D, J, L and M). RFC 3261 sets them to
+// retransmissions (sipgo's timers D, J and L; M is acceptedLinger). RFC 3261 sets them to
 // 64×T1 = 32 s on UDP; at a thousand calls per second that keeps some
 // 250,000 finished transactions, each holding its request and last
 // response, in memory — gigabytes of heap that every GC cycle marks.
