@@ -155,6 +155,19 @@ func startSuperpeer(t *testing.T, dir string, env []string, args ...string) *pro
 	return p
 }
 
+// waitOutput reports whether the process's output holds s within
+// timeout. A line the process wrote before it answered on the network may
+// not be in the buffer yet: os/exec copies the pipe in a goroutine of its
+// own.
+func (p *process) waitOutput(s string, timeout time.Duration) bool {
+	for deadline := time.Now().Add(timeout); !strings.Contains(p.stderr.String(), s); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
+}
+
 // stop sends SIGTERM and waits up to grace, then kills. It returns the
 // exit error, or an error if the process had to be killed.
 func (p *process) stop(grace time.Duration) error {
@@ -233,7 +246,7 @@ func TestClientCommands(t *testing.T) {
 	if st.Status.PeerAddr != server || st.Status.Overlay != "p2psip.test" || len(st.Members) != 1 {
 		t.Fatalf("status: %+v", st)
 	}
-	if !strings.Contains(sp.stderr.String(), "p2psip credentials issue --secret-file "+filepath.Join(data, "overlay.secret")) {
+	if !sp.waitOutput("p2psip credentials issue --secret-file "+filepath.Join(data, "overlay.secret"), 5*time.Second) {
 		t.Errorf("no attach hint in the log:\n%s", sp.stderr)
 	}
 	table := mustRun(t, dir, nil, "status", "--admin", admin)
@@ -408,6 +421,7 @@ turn-port: 0
 	if _, err := os.Stat(filepath.Join(confDir, "data", "ca.pem")); err != nil {
 		t.Errorf("data-dir of the file is not relative to the file: %v", err)
 	}
+	sp.waitOutput("INF", 5*time.Second)
 	if out := sp.stderr.String(); strings.Contains(out, `{"level"`) || !strings.Contains(out, "INF") {
 		t.Errorf("log-format console from the file not honoured:\n%s", out)
 	}
