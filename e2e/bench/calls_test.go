@@ -37,14 +37,42 @@ func benchCalls(t *testing.T, p benchParams, sink *fragments) {
 		log.logf("no Kamailio reference: %s", why)
 	}
 
-	// Latency at a fixed moderate rate, before any overload.
+	// The same with the super peers as processes of their own: their CPU
+	// per call apart from the agents'.
+	procs := calls.NewOverlayProcesses(t)
+
+	// Latency at a fixed moderate rate, before any overload: rounds of
+	// every rig in turn, the order reversed every other round, pooled per
+	// rig (calls.Pool).
+	rigs := []*calls.Rig{ov, kam, procs, direct}
+	runs := map[string][]calls.Step{}
+	for round := range p.latencyRounds {
+		order := slices.Clone(rigs)
+		if round%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, r := range order {
+			if r == nil {
+				continue
+			}
+			s := r.RunTraced(t, p.latencyRate, p.callLatency)
+			of := ""
+			if p.latencyRounds > 1 {
+				of = fmt.Sprintf(", round %d of %d", round+1, p.latencyRounds)
+			}
+			log.logf("%s latency%s: %v", r.Name, of, s)
+			runs[r.Name] = append(runs[r.Name], s)
+		}
+	}
 	lat := map[string]calls.Step{}
-	for _, r := range []*calls.Rig{ov, kam, direct} {
+	for _, r := range rigs {
 		if r == nil {
 			continue
 		}
-		s := r.RunTraced(t, p.latencyRate, p.callLatency)
-		log.logf("%s latency: %v", r.Name, s)
+		s := calls.Pool(runs[r.Name]...)
+		if p.latencyRounds > 1 {
+			log.logf("%s latency, %d rounds pooled: %v", r.Name, p.latencyRounds, s)
+		}
 		lat[r.Name] = s
 		if !p.full && !s.AllAnswered() {
 			// At the smoke rate every call must pass, or the rig is broken
@@ -52,15 +80,7 @@ func benchCalls(t *testing.T, p benchParams, sink *fragments) {
 			t.Errorf("%s at %d calls/s: %v", r.Name, p.latencyRate, s)
 		}
 	}
-
-	// The same at the same rate with the super peers as processes of their
-	// own: their CPU per call apart from the agents'.
-	procs := calls.NewOverlayProcesses(t)
-	lp := procs.RunTraced(t, p.latencyRate, p.callLatency)
-	log.logf("%s latency: %v", procs.Name, lp)
-	if !p.full && !lp.AllAnswered() {
-		t.Errorf("%s at %d calls/s: %v", procs.Name, p.latencyRate, lp)
-	}
+	lp := lat[procs.Name]
 
 	ramp := calls.Ramp{Start: p.callStart, Limit: p.callLimit, Step: p.callStep, Bisect: p.callBisect,
 		Hold: p.callHold, HoldTries: p.callHoldTries, HoldCut: p.callHoldCut, Log: log.logf}
@@ -148,7 +168,8 @@ func benchCalls(t *testing.T, p benchParams, sink *fragments) {
 		}
 		rs = append(rs,
 			report.Compare(secCalls, "INVITE→200 p50"+at, "ms", ms(lo.P50), ms(lk.P50), "Kamailio").
-				WithNote("From the microsecond timestamps of SIPp's message trace (SIPp's own response times step by 4 ms here), %v at %d calls/s.", p.callLatency, p.latencyRate),
+				WithNote("From the microsecond timestamps of SIPp's message trace (SIPp's own response times step by 4 ms here): %d run(s) of %v at %d calls/s per rig, "+
+					"the rigs in turn (order reversed every other round), percentiles over the runs' calls together.", p.latencyRounds, p.callLatency, p.latencyRate),
 			r,
 			report.Compare(secCalls, "INVITE→200 mean"+at, "ms", ms(lo.Mean), ms(lk.Mean), "Kamailio"))
 	} else {

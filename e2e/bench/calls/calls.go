@@ -163,6 +163,8 @@ type Step struct {
 	P50, P99, Mean time.Duration
 	// Traced says P50, P99 and Mean come from the message trace.
 	Traced bool
+	// Latencies are the traced INVITE→200 times, sorted (traced runs).
+	Latencies []time.Duration
 	// CPU is the system under test's CPU time per call: this process's
 	// (both agents and both super peers) for the overlay, Kamailio's
 	// processes' for Kamailio, none for direct. With the super peers as
@@ -299,14 +301,66 @@ func (r *Rig) run(tb testing.TB, rate int, d time.Duration, trace bool) Step {
 		}
 		res.Traced = true
 		slices.Sort(lat)
-		var sum time.Duration
-		for _, x := range lat {
-			sum += x
-		}
-		res.Mean = sum / time.Duration(len(lat))
-		res.P50, res.P99 = Percentile(lat, 50), Percentile(lat, 99)
+		res.Latencies = lat
+		res.Mean, res.P50, res.P99 = summarize(lat)
 	}
 	return res
+}
+
+// summarize is the mean, p50 and p99 of sorted durations.
+func summarize(sorted []time.Duration) (mean, p50, p99 time.Duration) {
+	if len(sorted) == 0 {
+		return 0, 0, 0
+	}
+	var sum time.Duration
+	for _, x := range sorted {
+		sum += x
+	}
+	return sum / time.Duration(len(sorted)), Percentile(sorted, 50), Percentile(sorted, 99)
+}
+
+// Pool merges traced runs of one rig at one rate into one Step: calls and
+// counters summed, CPU per call weighted by calls, the answered rate
+// averaged, and the percentiles taken over every run's INVITE→200 times
+// together. Runs interleaved with another rig's (overlay, Kamailio,
+// overlay, ...) and pooled give a ratio that a burst of other work on the
+// host, or a drift over the minutes of a run, moves far less than it
+// moves one run of each.
+func Pool(steps ...Step) Step {
+	if len(steps) == 0 {
+		return Step{}
+	}
+	out := Step{Rate: steps[0].Rate, Traced: true, Stats: sipp.Stats{Reasons: map[string]int{}}}
+	var cpu, spCPU time.Duration
+	for _, s := range steps {
+		out.Calls += s.Calls
+		out.Duration += s.Duration
+		out.Stats.Created += s.Stats.Created
+		out.Stats.Successful += s.Stats.Successful
+		out.Stats.Failed += s.Stats.Failed
+		out.Stats.Retransmissions += s.Stats.Retransmissions
+		for k, v := range s.Stats.Reasons {
+			out.Stats.Reasons[k] += v
+		}
+		if out.Err == nil {
+			out.Err = s.Err
+		}
+		out.Achieved += s.Achieved / float64(len(steps))
+		cpu += s.CPU * time.Duration(s.Calls)
+		spCPU += s.SPCPU * time.Duration(s.Calls)
+		out.Traced = out.Traced && s.Traced
+		out.Latencies = append(out.Latencies, s.Latencies...)
+		out.RSSKiB = s.RSSKiB // after the last run
+	}
+	if len(steps) == 1 {
+		out.Losses = steps[0].Losses // the runs' own lines carry theirs
+	}
+	if out.Calls > 0 {
+		out.CPU, out.SPCPU = cpu/time.Duration(out.Calls), spCPU/time.Duration(out.Calls)
+	}
+	slices.Sort(out.Latencies)
+	out.Mean, out.P50, out.P99 = summarize(out.Latencies)
+	return out
 }
 
 // Percentile is the p-th percentile (nearest rank) of sorted durations.

@@ -86,3 +86,34 @@ func TestPercentile(t *testing.T) {
 		t.Fatal("percentiles")
 	}
 }
+
+// Pool takes percentiles over the runs' samples together, not an average
+// of each run's: one slow run of three moves p99 only as far as its share
+// of the calls does.
+func TestPool(t *testing.T) {
+	run := func(calls int, cpu time.Duration, lat ...time.Duration) Step {
+		return Step{Rate: 500, Calls: calls, Duration: time.Second, Traced: true, CPU: cpu, Achieved: 500, Latencies: lat}
+	}
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	var fast, slow []time.Duration
+	for i := range 100 {
+		fast = append(fast, ms(1))
+		slow = append(slow, ms(2+i/50))
+	}
+	p := Pool(run(100, 2*time.Millisecond, fast...), run(100, 2*time.Millisecond, fast...), run(100, 5*time.Millisecond, slow...))
+	if p.Calls != 300 || p.Duration != 3*time.Second || len(p.Latencies) != 300 || !p.Traced {
+		t.Fatalf("pooled: %+v", p)
+	}
+	if p.P50 != ms(1) || p.P99 != ms(3) {
+		t.Errorf("p50 %v p99 %v, want 1ms and 3ms", p.P50, p.P99)
+	}
+	if p.CPU != 3*time.Millisecond {
+		t.Errorf("CPU per call %v, want the calls-weighted 3ms", p.CPU)
+	}
+	if p.Achieved != 500 {
+		t.Errorf("answered %v/s, want 500", p.Achieved)
+	}
+	if one := Pool(run(100, time.Millisecond, slow...)); one.P99 != ms(3) || one.P50 != ms(2) {
+		t.Errorf("one run: p50 %v p99 %v", one.P50, one.P99)
+	}
+}
