@@ -43,6 +43,13 @@ func promotionOverlay(t *testing.T, n int, mode string) (*harness.Overlay, []*ha
 // replaces the promoter the agent sees (a liar).
 func promotableAgent(t *testing.T, o *harness.Overlay, user string, sp *harness.SP, wrap func(*promoted.Node) agent.Promoter) (*harness.Agent, *promoted.Node) {
 	t.Helper()
+	return promotableAgentTuned(t, o, user, sp, wrap, nil)
+}
+
+// promotableAgentTuned is promotableAgent with tune applied to the agent's
+// configuration last.
+func promotableAgentTuned(t *testing.T, o *harness.Overlay, user string, sp *harness.SP, wrap func(*promoted.Node) agent.Promoter, tune func(*agent.Config)) (*harness.Agent, *promoted.Node) {
+	t.Helper()
 	tmpl := o.FastConfig()
 	tmpl.DataDir = ""
 	// memberlist does not join its goroutines on shutdown: a probe under
@@ -60,6 +67,9 @@ func promotableAgent(t *testing.T, o *harness.Overlay, user string, sp *harness.
 	cfg.Promoter = pn
 	if wrap != nil {
 		cfg.Promoter = wrap(pn)
+	}
+	if tune != nil {
+		tune(&cfg)
 	}
 	return o.RunAgent(user, cfg), pn
 }
@@ -180,6 +190,92 @@ func TestPromotion(t *testing.T) {
 	st := carol.Status()
 	t.Logf("promoted in %s (attempts %d); holds %d of %d records; members %d", took.Round(time.Millisecond),
 		st.Promotion.Attempts, share, n, len(sp.Mesh().View().Members))
+}
+
+// TestPromotedSuperPeerStops: when the super peer a node was promoted to
+// stops on its own (a fatal error in one of its servers), the node is an
+// ordinary peer again: its status says so and why, its agent reattaches
+// to another super peer and stays reachable, and only after
+// RepromoteAfter does it ask again, get promoted and run the super peer
+// anew (same identity).
+func TestPromotedSuperPeerStops(t *testing.T) {
+	o, sps := promotionOverlay(t, 2, "auto")
+	const again = 3 * time.Second
+	carol, pn := promotableAgentTuned(t, o, "carol", sps[0], nil, func(c *agent.Config) { c.RepromoteAfter = again })
+	var first ids.PeerID
+	waitOwnSuperPeer := func() {
+		t.Helper()
+		harness.Eventually(t, 40*time.Second, func() error {
+			st := carol.Status()
+			sp := pn.SuperPeer()
+			if st.Role != agent.RoleSuperPeer || sp == nil {
+				return fmt.Errorf("role %q (promotion %+v)", st.Role, st.Promotion)
+			}
+			if att, ok := carol.Uplink().Attachment(); !ok || att.SP != sp.ID() {
+				return fmt.Errorf("attached to %s, want its own %s", att.SP.Short(), sp.ID().Short())
+			}
+			first = sp.ID()
+			return nil
+		})
+	}
+	waitOwnSuperPeer()
+	own := first
+	bob := attachAgent(t, o, "bob", sps[1])
+	carolPhone := agentPhone(t, o, "carol", "carol", carol)
+	bobPhone := agentPhone(t, o, "bob", "bob", bob)
+	phone.MustRegister(t, carolPhone)
+	phone.MustRegister(t, bobPhone)
+
+	pn.StopForTest()
+	stopped := time.Now()
+	harness.Eventually(t, 20*time.Second, func() error {
+		st := carol.Status()
+		if st.Role != agent.RoleOrdinary || st.Promotion == nil || !strings.Contains(st.Promotion.Reason, "stopped") {
+			return fmt.Errorf("role %q, promotion %+v", st.Role, st.Promotion)
+		}
+		if pn.SuperPeer() != nil {
+			return fmt.Errorf("the stopped super peer is still the node's")
+		}
+		att, ok := carol.Uplink().Attachment()
+		if !ok || (att.SP != sps[0].Node.ID() && att.SP != sps[1].Node.ID()) {
+			return fmt.Errorf("carol's agent attached to %s, want one of the other super peers", att.SP.Short())
+		}
+		return nil
+	})
+	demoted := time.Since(stopped)
+	// Still reachable as an ordinary peer: its phone re-registers through
+	// the new attachment (the peer record moved with it) and takes a call.
+	phone.MustRegister(t, carolPhone)
+	hops := 3
+	if att, _ := carol.Uplink().Attachment(); att.SP == sps[1].Node.ID() {
+		hops = 2 // bob's super peer
+	}
+	callAndCheck(t, bobPhone, bob, carolPhone, carol, hops)
+	if st := carol.Status(); st.Role != agent.RoleOrdinary {
+		t.Fatalf("promoted again %v after the stop, before RepromoteAfter (%v)", time.Since(stopped), again)
+	}
+
+	// Then promoted again, to a super peer with the same identity.
+	waitOwnSuperPeer()
+	if first != own {
+		t.Errorf("the new super peer is %s, want the same identity %s", first.Short(), own.Short())
+	}
+	if took := time.Since(stopped); took < again {
+		t.Errorf("promoted again %v after the stop, before RepromoteAfter (%v)", took, again)
+	}
+	// Every super peer has it back as a member.
+	harness.Eventually(t, 15*time.Second, func() error {
+		for _, x := range sps {
+			if m, ok := x.Node.Mesh().View().Lookup(own); !ok {
+				return fmt.Errorf("%s does not list the new super peer (%+v)", x.Node.ID().Short(), m)
+			}
+		}
+		return nil
+	})
+	phone.MustRegister(t, carolPhone)
+	callAndCheck(t, bobPhone, bob, carolPhone, carol, 3)
+	t.Logf("ordinary again %v after its super peer stopped; promoted again after %v (attempts %d)",
+		demoted.Round(time.Millisecond), time.Since(stopped).Round(time.Millisecond), carol.Status().Promotion.Attempts)
 }
 
 // TestPromotionOff: with promotion off (the default, carrier mode) a node

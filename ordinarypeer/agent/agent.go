@@ -75,6 +75,9 @@ type Config struct {
 	// Promoter, with Role auto, is the node's would-be super peer
 	// (superpeer/promoted); without it the agent is never promoted.
 	Promoter Promoter
+	// RepromoteAfter is how long the node stays ordinary after its own
+	// super peer stopped on its own (0: DefaultRepromoteAfter).
+	RepromoteAfter time.Duration
 	// Admin serves /healthz and /v1/status ("" : off).
 	Admin         string
 	AdminListener net.Listener

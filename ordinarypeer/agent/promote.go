@@ -24,8 +24,9 @@ type Promoter interface {
 	// once promoted, runs the super peer, until ctx ends.
 	Run(ctx context.Context, key ed25519.PrivateKey) error
 	// Promote starts the super peer with the overlay's grant and returns
-	// once it has joined the mesh.
-	Promote(ctx context.Context, peerAddr string, g *wire.PromoteGrant) (wire.SuperPeerInfo, error)
+	// once it has joined the mesh, with a channel that receives (once) if
+	// the super peer stops on its own: the node is ordinary again then.
+	Promote(ctx context.Context, peerAddr string, g *wire.PromoteGrant) (wire.SuperPeerInfo, <-chan error, error)
 }
 
 // promoteWait bounds one promotion request: the super peer's verdict
@@ -34,6 +35,12 @@ const promoteWait = 40 * time.Second
 
 // retryUnanswered is when a request that got no verdict is asked again.
 const retryUnanswered = time.Minute
+
+// DefaultRepromoteAfter is how long a node whose own super peer stopped on
+// its own stays ordinary before asking again: long enough that a fault
+// that recurs (a port taken, a disk full) does not make it join and leave
+// the mesh over and over, each time moving records.
+const DefaultRepromoteAfter = 10 * time.Minute
 
 // Role names in the status.
 const (
@@ -91,7 +98,8 @@ func (a *Agent) kickPromotion() {
 }
 
 // runPromotion asks for promotion whenever kicked or when a refusal said
-// asking again may succeed, until the node is a super peer.
+// asking again may succeed; once the node is a super peer, it waits for
+// that super peer to stop on its own and then starts over.
 func (a *Agent) runPromotion(ctx context.Context) error {
 	if a.cfg.Role != "auto" {
 		return nil
@@ -108,16 +116,26 @@ func (a *Agent) runPromotion(ctx context.Context) error {
 			timer.Stop()
 		}
 	}()
+	var notBefore time.Time // after a demotion: no attempt before, kicked or not
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-a.promo.kick:
+			if time.Now().Before(notBefore) {
+				continue // the timer set with notBefore is still pending
+			}
 		case <-retry:
 		}
-		after, promoted := a.tryPromote(ctx)
-		if promoted {
-			return nil
+		after, ended := a.tryPromote(ctx)
+		if ended != nil {
+			select {
+			case <-ctx.Done():
+				return nil
+			case err := <-ended:
+				after = a.demote(err)
+				notBefore = time.Now().Add(after)
+			}
 		}
 		if timer != nil {
 			timer.Stop()
@@ -131,17 +149,38 @@ func (a *Agent) runPromotion(ctx context.Context) error {
 	}
 }
 
+// demote is the node's way back after its own super peer stopped on its
+// own: ordinary again (the uplink reattaches to another super peer by
+// itself, its connection being gone), its claimed uptime starting anew,
+// asking again after RepromoteAfter. It returns that delay.
+func (a *Agent) demote(err error) time.Duration {
+	after := a.cfg.RepromoteAfter
+	if after <= 0 {
+		after = DefaultRepromoteAfter
+	}
+	a.promo.mu.Lock()
+	sp := a.promo.st.SuperPeer
+	a.promo.role = RoleOrdinary
+	a.promo.startd = time.Now()
+	a.promo.st.Reason = fmt.Sprintf("own super peer %s stopped: %v", sp.Short(), err)
+	a.promo.st.SuperPeer, a.promo.st.PeerAddr, a.promo.st.PromotedAt = ids.PeerID{}, "", ""
+	a.promo.mu.Unlock()
+	a.log.Error().Err(err).Str("sp_id", sp.Short()).Dur("retry_in", after).Msg("own super peer stopped; ordinary peer again")
+	return after
+}
+
 // tryPromote sends one promotion request and, on a grant, starts the
 // super peer and moves the uplink to it. It returns when to ask again
-// (0: at the next attachment) and whether the node is now a super peer.
-func (a *Agent) tryPromote(ctx context.Context) (time.Duration, bool) {
+// (0: at the next attachment), or, once the node is a super peer, the
+// channel that tells when that super peer stopped on its own.
+func (a *Agent) tryPromote(ctx context.Context) (time.Duration, <-chan error) {
 	att, ok := a.up.Attachment()
 	if !ok {
-		return 0, false
+		return 0, nil
 	}
 	sess, err := a.up.Session(ctx)
 	if err != nil {
-		return 0, false
+		return 0, nil
 	}
 	localIP, _, err := net.SplitHostPort(att.LocalAddr)
 	if err != nil {
@@ -155,10 +194,10 @@ func (a *Agent) tryPromote(ctx context.Context) (time.Duration, bool) {
 		req.Reflexive = res.Reflexive
 	}
 	a.promo.update(func(st *PromotionStatus) { st.Attempts++; st.NextAttempt = "" })
-	fail := func(reason string, retry time.Duration) (time.Duration, bool) {
+	fail := func(reason string, retry time.Duration) (time.Duration, <-chan error) {
 		a.promo.update(func(st *PromotionStatus) { st.Reason = reason })
 		a.log.Info().Str("reason", reason).Str("sp_id", att.SP.Short()).Str("advertised", req.PeerAddr).Dur("retry_in", retry).Msg("not promoted")
-		return retry, false
+		return retry, nil
 	}
 	rctx, cancel := context.WithTimeout(ctx, promoteWait)
 	f, err := sess.Conn.Request(rctx, wire.TypePromote, &req)
@@ -169,14 +208,14 @@ func (a *Agent) tryPromote(ctx context.Context) (time.Duration, bool) {
 	}
 	switch {
 	case ctx.Err() != nil:
-		return 0, false
+		return 0, nil
 	case err != nil:
 		return fail(fmt.Sprintf("promotion request to %s: %v", att.SP.Short(), err), retryUnanswered)
 	case !resp.Promote || resp.Grant == nil:
 		return fail(resp.Reason, time.Duration(resp.RetryAfterS)*time.Second)
 	}
 	start := time.Now()
-	sp, err := a.cfg.Promoter.Promote(ctx, req.PeerAddr, resp.Grant)
+	sp, ended, err := a.cfg.Promoter.Promote(ctx, req.PeerAddr, resp.Grant)
 	if err != nil {
 		return fail(fmt.Sprintf("start super peer: %v", err), retryUnanswered)
 	}
@@ -189,7 +228,7 @@ func (a *Agent) tryPromote(ctx context.Context) (time.Duration, bool) {
 	if err := a.moveToSelf(ctx, sp); err != nil {
 		a.log.Warn().Err(err).Msg("attach to own super peer")
 	}
-	return 0, true
+	return 0, ended
 }
 
 // moveToSelf re-attaches the agent to its own super peer, leaving the old

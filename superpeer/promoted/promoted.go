@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -63,14 +64,20 @@ type Node struct {
 	log     zerolog.Logger
 	base    zerolog.Logger // for the super peer, which adds its own fields
 	ln      net.Listener
-	handoff *chanListener
 	// left is closed once Run has made the super peer leave (or there was
 	// none): then it may be stopped.
 	left chan struct{}
 
 	mu      sync.Mutex // guards the fields below
 	runCtx  context.Context
+	handoff *chanListener // the running super peer's listener (a new one per promotion)
 	sp      *superpeer.Node
+	spEnded chan error         // receives once when sp stops on its own
+	spStop  context.CancelFunc // stops sp (StopForTest)
+	// gossipPort is the first super peer's gossip port, kept for the next:
+	// the mesh still lists a member that stopped, and memberlist refuses it
+	// back from another address for a while (DeadNodeReclaimTime).
+	gossipPort int
 	stopped bool
 	wg      sync.WaitGroup // probes and the super peer's Run
 }
@@ -170,8 +177,8 @@ func (n *Node) Run(ctx context.Context, key ed25519.PrivateKey) error {
 			}
 			break
 		}
-		if n.promoted() {
-			n.handoff.push(nc)
+		if h := n.promotedListener(); h != nil {
+			h.push(nc)
 			continue
 		}
 		select {
@@ -189,14 +196,21 @@ func (n *Node) Run(ctx context.Context, key ed25519.PrivateKey) error {
 	}
 	n.stop()
 	n.wg.Wait()
+	n.mu.Lock()
 	n.handoff.Close()
+	n.mu.Unlock()
 	return nil
 }
 
-func (n *Node) promoted() bool {
+// promotedListener is the running super peer's listener, nil before
+// promotion (or after the super peer stopped on its own).
+func (n *Node) promotedListener() *chanListener {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.sp != nil
+	if n.sp == nil {
+		return nil
+	}
+	return n.handoff
 }
 
 // stop makes the super peer, if any, leave the mesh; Promote's goroutine
@@ -250,56 +264,77 @@ func (n *Node) answerProbe(nc net.Conn, conf *tls.Config, self ids.PeerID) {
 
 // Promote starts the super peer with the overlay's grant on the
 // peer-protocol socket; peerAddr is the address the node advertised. It
-// returns the super peer's description once it has joined the mesh.
-func (n *Node) Promote(ctx context.Context, peerAddr string, g *wire.PromoteGrant) (wire.SuperPeerInfo, error) {
+// returns the super peer's description once it has joined the mesh, and a
+// channel that receives once, with the reason, if the super peer stops on
+// its own rather than through Run's context: the node is then ordinary
+// again and a later grant starts a new super peer (same identity).
+func (n *Node) Promote(ctx context.Context, peerAddr string, g *wire.PromoteGrant) (wire.SuperPeerInfo, <-chan error, error) {
 	if g == nil || len(g.Secret) == 0 || len(g.Join) == 0 {
-		return wire.SuperPeerInfo{}, errors.New("promoted: the grant lacks the secret or the members to join")
+		return wire.SuperPeerInfo{}, nil, errors.New("promoted: the grant lacks the secret or the members to join")
 	}
 	advHost, _, err := net.SplitHostPort(peerAddr)
 	if err != nil {
-		return wire.SuperPeerInfo{}, fmt.Errorf("promoted: advertised address %q: %w", peerAddr, err)
+		return wire.SuperPeerInfo{}, nil, fmt.Errorf("promoted: advertised address %q: %w", peerAddr, err)
 	}
 	n.mu.Lock()
 	if n.sp != nil {
-		sp := n.sp
+		sp, ended := n.sp, n.spEnded
 		n.mu.Unlock()
-		return info(sp), nil
+		return info(sp), ended, nil
 	}
 	if n.runCtx == nil || n.stopped {
 		n.mu.Unlock()
-		return wire.SuperPeerInfo{}, errors.New("promoted: not running")
+		return wire.SuperPeerInfo{}, nil, errors.New("promoted: not running")
 	}
+	// A fresh listener per promotion: the one of a super peer that stopped
+	// on its own is closed.
+	handoff := newChanListener(n.ln.Addr())
 	cfg := n.cfg.Template
 	bind, _, _ := net.SplitHostPort(n.ln.Addr().String())
-	cfg.Bind, cfg.Advertise, cfg.DataDir, cfg.PeerListener = bind, advHost, n.cfg.DataDir, n.handoff
+	cfg.Bind, cfg.Advertise, cfg.DataDir, cfg.PeerListener = bind, advHost, n.cfg.DataDir, handoff
 	cfg.Secret, cfg.SecretFile, cfg.Join = g.Secret, "", g.Join
 	cfg.Replicas, cfg.WriteQuorum = g.Replicas, g.WriteQuorum
 	cfg.Promotion, cfg.PromotionMinUptime, cfg.PromotionRatio = g.Promotion, time.Duration(g.MinUptimeS)*time.Second, g.Ratio
+	if n.gossipPort > 0 {
+		cfg.GossipPort = n.gossipPort
+	}
 	sp, err := superpeer.New(cfg, n.base)
 	if err != nil {
 		n.mu.Unlock()
-		return wire.SuperPeerInfo{}, fmt.Errorf("promoted: %w", err)
+		return wire.SuperPeerInfo{}, nil, fmt.Errorf("promoted: %w", err)
 	}
-	n.sp = sp
+	// The super peer runs on a context of its own so that Run can make it
+	// leave the mesh before it stops (stop, then cancel here).
+	spCtx, cancel := context.WithCancel(context.Background())
+	ended := make(chan error, 1)
+	n.sp, n.spEnded, n.spStop, n.handoff = sp, ended, cancel, handoff
 	done := make(chan error, 1)
 	n.wg.Add(1)
 	n.mu.Unlock()
 
-	// The super peer runs on a context of its own so that Run can make it
-	// leave the mesh before it stops (stop, then cancel here).
-	spCtx, cancel := context.WithCancel(context.Background())
 	go func() {
 		defer n.wg.Done()
 		errc := make(chan error, 1)
 		go func() { errc <- sp.Run(spCtx) }()
 		select {
 		case err := <-errc:
-			// The super peer failed on its own: stop feeding it
-			// connections (they are closed from now on).
-			n.log.Error().Err(err).Msg("promoted super peer stopped")
-			n.handoff.Close()
+			// The super peer stopped on its own: stop feeding it
+			// connections (they are closed from now on) and forget it, so
+			// that the node is back to answering dial-back tests and a
+			// later grant starts a new one; the agent learns from ended.
+			if err == nil {
+				err = errors.New("stopped")
+			}
+			n.log.Error().Err(err).Msg("promoted super peer stopped on its own; the node is ordinary again")
+			handoff.Close()
 			cancel()
+			n.mu.Lock()
+			if n.sp == sp {
+				n.sp, n.spEnded, n.spStop = nil, nil, nil
+			}
+			n.mu.Unlock()
 			done <- err
+			ended <- err
 			return
 		case <-n.left:
 		}
@@ -312,14 +347,31 @@ func (n *Node) Promote(ctx context.Context, peerAddr string, g *wire.PromoteGran
 	case <-sp.Ready():
 	case err := <-done:
 		done <- err
-		return wire.SuperPeerInfo{}, fmt.Errorf("promoted: super peer stopped before joining the mesh: %w", err)
+		return wire.SuperPeerInfo{}, nil, fmt.Errorf("promoted: super peer stopped before joining the mesh: %w", err)
 	case <-t.C:
-		return wire.SuperPeerInfo{}, fmt.Errorf("promoted: not joined the mesh within %s", n.cfg.ReadyTimeout)
+		return wire.SuperPeerInfo{}, nil, fmt.Errorf("promoted: not joined the mesh within %s", n.cfg.ReadyTimeout)
 	case <-ctx.Done():
-		return wire.SuperPeerInfo{}, ctx.Err()
+		return wire.SuperPeerInfo{}, nil, ctx.Err()
+	}
+	if _, p, err := net.SplitHostPort(sp.GossipAddr()); err == nil {
+		n.mu.Lock()
+		n.gossipPort, _ = strconv.Atoi(p)
+		n.mu.Unlock()
 	}
 	n.log.Info().Str("sp_id", sp.ID().Short()).Str("peer_addr", sp.PeerAddr()).Int("members", len(sp.Mesh().View().Members)).Msg("promoted: super peer running")
-	return info(sp), nil
+	return info(sp), ended, nil
+}
+
+// StopForTest stops the running super peer as if it had failed on its own
+// (its Run returns), not through Run's context: what a fatal error in one
+// of its servers does.
+func (n *Node) StopForTest() {
+	n.mu.Lock()
+	stop := n.spStop
+	n.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
 }
 
 func info(sp *superpeer.Node) wire.SuperPeerInfo {
