@@ -60,10 +60,10 @@ type Config struct {
 
 // Node is the would-be (then actual) super peer of a promotable agent.
 type Node struct {
-	cfg     Config
-	log     zerolog.Logger
-	base    zerolog.Logger // for the super peer, which adds its own fields
-	ln      net.Listener
+	cfg  Config
+	log  zerolog.Logger
+	base zerolog.Logger // for the super peer, which adds its own fields
+	ln   net.Listener
 	// left is closed once Run has made the super peer leave (or there was
 	// none): then it may be stopped.
 	left chan struct{}
@@ -78,8 +78,8 @@ type Node struct {
 	// the mesh still lists a member that stopped, and memberlist refuses it
 	// back from another address for a while (DeadNodeReclaimTime).
 	gossipPort int
-	stopped bool
-	wg      sync.WaitGroup // probes and the super peer's Run
+	stopped    bool
+	wg         sync.WaitGroup // probes and the super peer's Run
 }
 
 // New binds the peer-protocol listener (its port goes into the promotion
