@@ -134,7 +134,13 @@ type process struct {
 // it with SIGTERM and kills it if it has not exited 5s later.
 func startSuperpeer(t *testing.T, dir string, env []string, args ...string) *process {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"superpeer"}, args...)...)
+	return startCommand(t, exec.Command(bin, append([]string{"superpeer"}, args...)...), dir, env, args)
+}
+
+// startCommand is startSuperpeer for a command that runs the super peer
+// in a way of its own (args are what the log on failure names it by).
+func startCommand(t *testing.T, cmd *exec.Cmd, dir string, env []string, args []string) *process {
+	t.Helper()
 	cmd.Dir = dir
 	cmd.Env = baseEnv(env...)
 	p := &process{cmd: cmd, stderr: &sipp.OutputBuffer{}, done: make(chan struct{})}

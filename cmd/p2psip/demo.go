@@ -73,7 +73,7 @@ func runDemo(c *cli.Context) error {
 		return fmt.Errorf("config: log-level: %w", err)
 	}
 	logx.SetDefault(log)
-	gctune.Tune(gctune.ServerHeap) // three super peers and two agents in one process
+	tuneRuntime(log, gctune.ServerHeap) // three super peers and two agents in one process
 	dir := c.Path("data-dir")
 	if dir == "" {
 		if dir, err = os.MkdirTemp("", "p2psip-demo-"); err != nil {

@@ -18,7 +18,10 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
+
+	"github.com/p2psip/p2psip/common/gctune"
 )
 
 // version is set at link time (Makefile: -X main.version=...).
@@ -211,4 +214,22 @@ func takesValue(flags []cli.Flag, t string) bool {
 		}
 	}
 	return false
+}
+
+// tuneRuntime paces the GC for the role (gctune.Tune) and caps the
+// runtime's memory at the cgroup's limit (gctune.LimitToCgroup), saying
+// what it did: the first log lines of a process an operator reads when it
+// is short of memory.
+func tuneRuntime(log zerolog.Logger, minHeap uint64) {
+	gctune.Tune(minHeap)
+	l, err := gctune.LimitToCgroup()
+	switch {
+	case err != nil:
+		log.Warn().Err(err).Msg("memory limit not applied")
+	case l.Set > 0:
+		log.Info().Int64("cgroup_limit_bytes", l.Cgroup).Int64("go_memory_limit_bytes", l.Set).Str("from", l.Why).
+			Msg("go memory limit set below the cgroup's (GOMEMLIMIT overrides)")
+	default:
+		log.Debug().Str("why", l.Why).Msg("no go memory limit")
+	}
 }

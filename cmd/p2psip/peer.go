@@ -95,7 +95,7 @@ func runPeer(c *cli.Context) error {
 		return err
 	}
 	logx.SetDefault(log)
-	gctune.Tune(gctune.EndpointHeap)
+	tuneRuntime(log, gctune.EndpointHeap)
 	creds, err := auth.LoadCredentials(c.Path("credentials-file"))
 	if err != nil {
 		return err

@@ -116,7 +116,7 @@ func runSuperpeer(c *cli.Context) error {
 		return err
 	}
 	logx.SetDefault(log)
-	gctune.Tune(gctune.ServerHeap)
+	tuneRuntime(log, gctune.ServerHeap)
 	cfg := superpeer.Config{
 		Overlay:     c.String("overlay"),
 		DataDir:     c.Path("data-dir"),
