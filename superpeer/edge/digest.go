@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -78,6 +79,9 @@ type digestAuth struct {
 	span     int64 // bucket width in ns
 	now      func() time.Time
 	seq      atomic.Uint64
+	// macs holds HMAC-SHA256 states keyed with key: Reset restores the
+	// keyed state, where hmac.New would hash the key anew per nonce.
+	macs sync.Pool
 
 	mu      sync.Mutex // guards the fields below
 	buckets map[int64]map[[nonceMAC]byte]int
@@ -92,11 +96,23 @@ func newDigestAuth(realm string, secret []byte, lifetime time.Duration, now func
 	}
 	key := make([]byte, 32)
 	rand.Read(key) //nolint:errcheck // never fails
-	return &digestAuth{
+	d := &digestAuth{
 		realm: realm, secret: secret, key: key, lifetime: lifetime, now: now,
 		span:    max(int64(lifetime)/nonceBuckets, 1),
 		buckets: make(map[int64]map[[nonceMAC]byte]int),
 	}
+	d.macs.New = func() any { return hmac.New(sha256.New, d.key) }
+	return d
+}
+
+// mac appends the HMAC of the nonce's first 16 bytes to dst.
+func (d *digestAuth) mac(dst, data []byte) []byte {
+	m := d.macs.Get().(hash.Hash)
+	m.Reset()
+	m.Write(data)
+	dst = m.Sum(dst)
+	d.macs.Put(m)
+	return dst
 }
 
 // challenge is a WWW-Authenticate (or Proxy-Authenticate) value with a
@@ -110,9 +126,7 @@ func (d *digestAuth) nonce(at time.Time) string {
 	b := make([]byte, 16, nonceRaw)
 	binary.BigEndian.PutUint64(b, uint64(at.UnixNano()))
 	binary.BigEndian.PutUint64(b[8:], d.seq.Add(1))
-	m := hmac.New(sha256.New, d.key)
-	m.Write(b)
-	return base64.RawURLEncoding.EncodeToString(m.Sum(b)[:nonceRaw])
+	return base64.RawURLEncoding.EncodeToString(d.mac(b, b)[:nonceRaw])
 }
 
 // parseNonce validates a nonce we issued and returns its issue time and
@@ -122,13 +136,12 @@ func (d *digestAuth) parseNonce(n string) (time.Time, [nonceMAC]byte, bool) {
 	if len(n) != base64.RawURLEncoding.EncodedLen(nonceRaw) {
 		return time.Time{}, mac, false
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(n)
-	if err != nil || len(raw) != nonceRaw {
+	var raw [nonceRaw]byte
+	if k, err := base64.RawURLEncoding.Decode(raw[:], []byte(n)); err != nil || k != nonceRaw {
 		return time.Time{}, mac, false
 	}
-	m := hmac.New(sha256.New, d.key)
-	m.Write(raw[:16])
-	if subtle.ConstantTimeCompare(m.Sum(nil)[:nonceMAC], raw[16:]) != 1 {
+	var sum [sha256.Size]byte
+	if subtle.ConstantTimeCompare(d.mac(sum[:0], raw[:16])[:nonceMAC], raw[16:]) != 1 {
 		return time.Time{}, mac, false
 	}
 	copy(mac[:], raw[16:])
