@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 )
 
 // Len is the size in bytes of Peer-IDs and Resource-IDs (128 bits).
@@ -159,6 +160,11 @@ func NormalizeAOR(s string) (string, error) {
 func checkPart(p string, user bool) error {
 	if p == "" {
 		return errors.New("empty")
+	}
+	if !utf8.ValidString(p) {
+		// Records carry the AoR as a CBOR text string, which must be UTF-8:
+		// a replica would refuse the record.
+		return errors.New("not valid UTF-8")
 	}
 	for i := 0; i < len(p); i++ {
 		c := p[i]

@@ -30,6 +30,8 @@ func TestNormalizeAOR(t *testing.T) {
 		"angle in host":    {in: "sip:alice@exa<mple.net", bad: true},
 		"unbalanced angle": {in: "<sip:alice@example.net", bad: true},
 		"too long":         {in: "sip:" + strings.Repeat("a", MaxAORLen) + "@example.net", bad: true},
+		"utf-8 user":       {in: "sip:zoë@example.net", want: "sip:zoë@example.net"},
+		"invalid utf-8":    {in: "sip:\xffalice@example.net", bad: true},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

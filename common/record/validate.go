@@ -123,6 +123,15 @@ func checkString(field, s string, maxLen int) error {
 	return nil
 }
 
+// CheckURI reports whether Validate would accept s as a contact URI, so
+// that a writer can refuse bad input as bad input before it builds a
+// record the store would refuse.
+func CheckURI(s string) error { return checkURI("uri", s) }
+
+// CheckText reports whether Validate would accept s in a text field of at
+// most max bytes (Call-ID, instance, ...).
+func CheckText(s string, max int) error { return checkString("text", s, max) }
+
 // checkURI is checkString plus what a URI cannot contain unescaped
 // (RFC 3261 §25.1): controls, space, '<', '>' and '"'. The edge writes the
 // URI between angle brackets, so a '>' would end it early.

@@ -94,6 +94,9 @@ func (g *Registrar) updatesOf(ctx context.Context, req *sip.Request, v *view, us
 	if cid == nil || cseq == nil || cseq.MethodName != sip.REGISTER {
 		return nil, refuse(400, "Missing Call-ID or CSeq")
 	}
+	if record.CheckText(cid.Value(), record.MaxFieldLen) != nil {
+		return nil, refuse(400, "Bad Call-ID") // it is stored with the bindings
+	}
 	contacts, wildcard, err := contactsOf(req)
 	if err != nil {
 		return nil, err
@@ -218,7 +221,7 @@ func (g *Registrar) updates(ctx context.Context, req *sip.Request, v *view, user
 func (g *Registrar) parseContact(c *sip.ContactHeader, hdrExp time.Duration, hasHdrExp bool) (update, error) {
 	var u update
 	uri := c.Address.String()
-	if hasControl(uri) || len(uri) > record.MaxURILen {
+	if record.CheckURI(uri) != nil {
 		return u, refuse(400, "Bad Contact URI")
 	}
 	m, hp, ok := uriKeys(&c.Address) // as matchKeys(uri), without parsing it again
@@ -250,7 +253,7 @@ func (g *Registrar) parseContact(c *sip.ContactHeader, hdrExp time.Duration, has
 	u.exp = min(u.exp, g.cfg.MaxExpires)
 	if v, ok := c.Params.Get("+sip.instance"); ok {
 		u.b.instance = strings.Trim(v, `"`)
-		if hasControl(u.b.instance) || len(u.b.instance) > record.MaxFieldLen || u.b.instance == "" {
+		if u.b.instance == "" || record.CheckText(u.b.instance, record.MaxFieldLen) != nil {
 			return u, refuse(400, "Bad +sip.instance")
 		}
 	}

@@ -66,7 +66,7 @@ var self = ids.PeerID{0xed, 1}
 
 // newEdgeRegistrar is a many-user registrar whose Authorize takes the user
 // from an X-User header (401 without one).
-func newEdgeRegistrar(t *testing.T) (*Registrar, *memStore) {
+func newEdgeRegistrar(t testing.TB) (*Registrar, *memStore) {
 	t.Helper()
 	st := &memStore{recs: make(map[string]*record.Record)}
 	g, err := New(Config{
