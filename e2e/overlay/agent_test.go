@@ -74,6 +74,13 @@ func checkHops(t *testing.T, who string, d [4]uint64, want int, atLeast uint64) 
 	}
 }
 
+// minResponses is how many of a call's responses (180, 200, 200 to BYE) a
+// test may count on through a proxy when the UAS sends 180 and 200 back to
+// back, as SIPp does: sipgo handles each message in a goroutine of its
+// own, so on a loaded machine the 200 can be handled first, and a stateful
+// proxy rightly drops a provisional response after the final one.
+const minResponses = 2
+
 // callAndCheck places one whole call from caller (behind from) to callee's AoR
 // (behind to) and checks the responses, that the callee saw INVITE, ACK
 // and BYE, and the hop count of every tunnel payload either agent
@@ -363,9 +370,20 @@ func TestAgentSIPp(t *testing.T) {
 		t.Logf("INVITE→200 at %d calls/s: p50 %v, p99 %v", rate, sipp.Percentile(rtts, 50), sipp.Percentile(rtts, 99))
 	}
 	as, bs := a.Router().Stats(), b.Router().Stats()
+	// An ACK for a 2xx is a request of its own: the UAC sends one more for
+	// every 200 the UAS retransmitted (a loaded machine), and the agents
+	// forward each; retransmitted INVITEs and BYEs end in their
+	// transactions.
+	uasSt, _ := uas.Stats()
 	for _, m := range []string{"INVITE", "ACK", "BYE"} {
-		if as.Forwarded[m] != calls || bs.Forwarded[m] != calls {
-			t.Errorf("%s forwarded by alice's agent %d, bob's %d; want %d each", m, as.Forwarded[m], bs.Forwarded[m], calls)
+		least, most := uint64(calls), uint64(calls)
+		if m == "ACK" {
+			most += uint64(uasSt.Retransmissions)
+		}
+		for who, n := range map[string]uint64{"alice's": as.Forwarded[m], "bob's": bs.Forwarded[m]} {
+			if n < least || n > most {
+				t.Errorf("%s forwarded by %s agent %d; want %d..%d", m, who, n, least, most)
+			}
 		}
 	}
 	for who, s := range map[string]siproute.Stats{"alice": as, "bob": bs} {
