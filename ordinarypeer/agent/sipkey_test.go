@@ -1,6 +1,11 @@
 package agent
 
-import "testing"
+import (
+	"strings"
+	"testing"
+
+	"github.com/emiago/sipgo/sip"
+)
 
 func TestTxKey(t *testing.T) {
 	const inv = "INVITE sip:bob@x SIP/2.0\r\n" +
@@ -42,4 +47,47 @@ func BenchmarkTxKey(b *testing.B) {
 	for range b.N {
 		txKey(msg)
 	}
+}
+
+// FuzzTxKey: txKey reads payloads other peers tunnel to this agent. It
+// must never panic, and when it finds a key it must be the one sipgo,
+// which matches the transaction, would: the top Via's branch and the CSeq
+// method, for a message sipgo parses to a single top Via value.
+func FuzzTxKey(f *testing.F) {
+	for _, s := range []string{
+		"INVITE sip:bob@x SIP/2.0\r\nVia: SIP/2.0/TLS 100.64.0.1:5061;branch=z9hG4bK.a1;rport\r\nCSeq: 7 INVITE\r\nContent-Length: 0\r\n\r\n",
+		"SIP/2.0 100 Trying\r\nv: SIP/2.0/TLS 100.64.0.1:5061;rport;BRANCH=z9hG4bK.a1\r\ncseq: 7 INVITE\r\n\r\n",
+		"BYE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCSeq: BYE\r\n\r\n",
+		"MESSAGE sip:bob@x SIP/2.0\r\nCSeq: 1 MESSAGE\r\nContent-Length: 30\r\n\r\nVia: SIP/2.0/UDP h;branch=fake",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		key, isReq, method, ok := txKey(msg)
+		if !ok {
+			if key != "" || method != "" {
+				t.Fatalf("not ok but key %q method %q", key, method)
+			}
+			return
+		}
+		branch, cseqMethod, found := strings.Cut(key, " ")
+		if !found || branch == "" || cseqMethod == "" {
+			t.Fatalf("key %q is not branch and method", key)
+		}
+		if isReq && method == "" {
+			t.Fatalf("request without a method: %q", msg)
+		}
+		m, err := sip.ParseMessage(msg)
+		if err != nil {
+			return // sipgo drops it before any transaction
+		}
+		via, cseq := m.Via(), m.CSeq()
+		if via == nil || cseq == nil {
+			return
+		}
+		b, _ := via.Params.Get("branch")
+		if want := b + " " + string(cseq.MethodName); b != "" && key != want {
+			t.Fatalf("txKey %q, sipgo's transaction key %q for:\n%q", key, want, msg)
+		}
+	})
 }
