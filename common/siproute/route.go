@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -148,7 +149,7 @@ func (r *Router) isOwn(u *sip.Uri) bool {
 	if port == 0 {
 		port = sip.DefaultPort(transportOf(u))
 	}
-	return strings.EqualFold(u.Host, r.cfg.RecordRouteHost) && port == r.cfg.RecordRoutePort
+	return strings.EqualFold(unbracket(u.Host), unbracket(r.cfg.RecordRouteHost)) && port == r.cfg.RecordRoutePort
 }
 
 // routeNext turns the next hop's Route into a target.
@@ -163,12 +164,37 @@ func (r *Router) routeNext(u *sip.Uri) decision {
 	if isFake(u.Host) {
 		return reject(403, "Forbidden Route")
 	}
+	if !validHost(u.Host) {
+		return reject(400, "Bad Route")
+	}
 	tp := transportOf(u)
 	port := u.Port
 	if port == 0 {
 		port = sip.DefaultPort(tp)
 	}
-	return decision{targets: []target{{transport: tp, addr: net.JoinHostPort(u.Host, strconv.Itoa(port))}}, to: ToRoute}
+	return decision{targets: []target{{transport: tp, addr: net.JoinHostPort(unbracket(u.Host), strconv.Itoa(port))}}, to: ToRoute}
+}
+
+// validHost reports whether a URI host is something to send to: an IP
+// literal (IPv6 in brackets) or a DNS name.
+func validHost(h string) bool {
+	if strings.HasPrefix(h, "[") {
+		a, err := netip.ParseAddr(unbracket(h))
+		return err == nil && a.Is6()
+	}
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // transportOf is the sipgo transport a URI asks for: its transport

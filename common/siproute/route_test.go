@@ -10,7 +10,7 @@ import (
 	"github.com/p2psip/p2psip/common/record"
 )
 
-func testRouter(t *testing.T) *Router {
+func testRouter(t testing.TB) *Router {
 	_, err := New(Config{
 		Self: peer(1), Overlay: "example.net", Locator: nil, Sender: &fakeSender{}, Local: nil,
 		RecordRouteHost: "127.0.0.1", RecordRoutePort: 5060, Log: zerolog.Nop(),
@@ -63,6 +63,17 @@ func TestIsOwnAndNextHop(t *testing.T) {
 	}
 	if d = r.routeNext(uri(t, "sip:100.64.0.7:5061;lr")); d.code != 403 {
 		t.Errorf("route to a tunnel address: %+v", d)
+	}
+	// sipgo keeps an IPv6 host in brackets: a tunnel address written so
+	// is still refused, and a real one becomes a dialable address.
+	if d = r.routeNext(uri(t, "sip:[::ffff:100.64.0.7]:5061;lr")); d.code != 403 {
+		t.Errorf("route to a bracketed tunnel address: %+v", d)
+	}
+	if d = r.routeNext(uri(t, "sip:[2001:db8::1]:5070;lr")); d.code != 0 || d.targets[0].addr != "[2001:db8::1]:5070" {
+		t.Errorf("IPv6 route: %+v", d)
+	}
+	if d = r.routeNext(&sip.Uri{Scheme: "sip", Host: "]0"}); d.code != 400 {
+		t.Errorf("route to a host that is neither a name nor an address: %+v", d)
 	}
 	if d = r.routeNext(uri(t, "sip:nothex@127.0.0.1;lr;p2p")); d.code != 400 {
 		t.Errorf("bad p2p route: %+v", d)

@@ -275,8 +275,17 @@ func (t *tunnel) deliver(src, via ids.PeerID, payload []byte) error {
 	return nil
 }
 
-// isFake reports whether host (an IP literal) is in the tunnel's range.
+// isFake reports whether host (an IP literal, an IPv6 one with or
+// without brackets) is in the tunnel's range.
 func isFake(host string) bool {
-	a, err := netip.ParseAddr(host)
+	a, err := netip.ParseAddr(unbracket(host))
 	return err == nil && fakePrefix.Contains(a.Unmap())
+}
+
+// unbracket strips the brackets sipgo keeps around an IPv6 literal host.
+func unbracket(host string) string {
+	if len(host) > 1 && host[0] == '[' && host[len(host)-1] == ']' {
+		return host[1 : len(host)-1]
+	}
+	return host
 }
