@@ -171,3 +171,24 @@ func TestURIHasControlMatchesItsText(t *testing.T) {
 		}
 	}
 }
+
+// viaAddr: received and rport win over sent-by, the transport's default
+// port fills a missing one, and an IPv6 sent-by gives a dialable address.
+func TestViaAddr(t *testing.T) {
+	for via, want := range map[string]string{
+		"SIP/2.0/UDP 192.0.2.7:5070;branch=z9hG4bK1":                                  "192.0.2.7:5070",
+		"SIP/2.0/UDP 192.0.2.7;branch=z9hG4bK1":                                       "192.0.2.7:5060",
+		"SIP/2.0/TLS 192.0.2.7;branch=z9hG4bK1":                                       "192.0.2.7:5061",
+		"SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bK1;received=198.51.100.9;rport=40000": "198.51.100.9:40000",
+		"SIP/2.0/UDP [2001:db8::7]:5070;branch=z9hG4bK1":                              "[2001:db8::7]:5070",
+	} {
+		msg := crlf("OPTIONS sip:x SIP/2.0\nVia: " + via + "\nFrom: <sip:a@x>;tag=1\nTo: <sip:b@x>\nCall-ID: c\nCSeq: 1 OPTIONS\n\n")
+		m, err := sip.ParseMessage([]byte(msg))
+		if err != nil {
+			t.Fatalf("%s: %v", via, err)
+		}
+		if got := viaAddr(m.Via()); got != want {
+			t.Errorf("viaAddr(%s) = %s, want %s", via, got, want)
+		}
+	}
+}

@@ -115,5 +115,5 @@ func viaAddr(v *sip.ViaHeader) string {
 	if port == 0 {
 		port = sip.DefaultPort(v.Transport)
 	}
-	return net.JoinHostPort(host, strconv.Itoa(port))
+	return net.JoinHostPort(unbracket(host), strconv.Itoa(port))
 }
