@@ -381,7 +381,11 @@ func (s *Server) authenticate(cs tls.ConnectionState, h *wire.Hello) (Peer, erro
 		return Peer{}, wire.Errorf(wire.CodeUnauthorized, "no identity certificate: %v", err)
 	}
 	if h.Overlay != s.cfg.Overlay {
-		return Peer{}, wire.Errorf(wire.CodeForbidden, "overlay %q is not %q", h.Overlay, s.cfg.Overlay)
+		theirs := h.Overlay
+		if len(theirs) > 255 { // a DNS name's limit: anything longer is noise for the log line
+			theirs = theirs[:255] + "..."
+		}
+		return Peer{}, wire.Errorf(wire.CodeForbidden, "overlay %q is not %q", theirs, s.cfg.Overlay)
 	}
 	switch h.Role {
 	case wire.RoleSuperPeer:
