@@ -156,7 +156,7 @@ func (r *Router) isOwn(u *sip.Uri) bool {
 func (r *Router) routeNext(u *sip.Uri) decision {
 	if u.UriParams.Has("p2p") {
 		p, err := ids.ParsePeerID(strings.ToLower(u.User))
-		if err != nil || p == r.cfg.Self {
+		if err != nil || p.IsZero() || p == r.cfg.Self {
 			return reject(400, "Bad p2p Route")
 		}
 		return decision{targets: []target{{peer: p}}, to: ToPeer}

@@ -7,6 +7,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"github.com/rs/zerolog"
 
+	"github.com/p2psip/p2psip/common/ids"
 	"github.com/p2psip/p2psip/common/record"
 )
 
@@ -74,6 +75,9 @@ func TestIsOwnAndNextHop(t *testing.T) {
 	}
 	if d = r.routeNext(&sip.Uri{Scheme: "sip", Host: "]0"}); d.code != 400 {
 		t.Errorf("route to a host that is neither a name nor an address: %+v", d)
+	}
+	if d = r.routeNext(uri(t, "sip:"+ids.PeerID{}.String()+"@127.0.0.1;lr;p2p")); d.code != 400 {
+		t.Errorf("p2p route to the zero Peer-ID: %+v", d)
 	}
 	if d = r.routeNext(uri(t, "sip:nothex@127.0.0.1;lr;p2p")); d.code != 400 {
 		t.Errorf("bad p2p route: %+v", d)
