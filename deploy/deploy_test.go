@@ -387,7 +387,7 @@ func TestPrometheusRules(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"p2psip_store_operation_errors_total", "no_quorum", "p2psip_mesh_members",
-		"p2psip_attach_refused_total", "p2psip_turn_allocations"} {
+		"p2psip_attach_refused_total", "p2psip_turn_allocations", "p2psip_sip_overload_total", "p2psip_registrar_store_failures_total"} {
 		if !metrics[want] {
 			t.Errorf("no alert on %s", want)
 		}

@@ -50,7 +50,11 @@ func (n *Node) buildEdge(cert tls.Certificate, advertised string) error {
 		MaxInFlight: cfg.EdgeMaxInFlight, MaxWaiting: cfg.EdgeMaxWaiting, ForeignDomain: foreign, MinExpires: cfg.EdgeMinExpires,
 		Log: n.log,
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	n.reg.MustRegister(n.edge.Collector())
+	return nil
 }
 
 // listenPair returns a UDP socket and a TCP listener on one port (the SIP

@@ -9,6 +9,7 @@ package logx
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"log"
@@ -102,9 +103,62 @@ func (w levelWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Slog adapts l for sipgo and other slog users.
+// Slog adapts l for sipgo and other slog users. String attributes longer
+// than MaxAttrLen are cut: sipgo puts a whole unparsable datagram (up to
+// 64 KiB of whatever a stranger sent) into the line that reports it.
 func Slog(l zerolog.Logger) *slog.Logger {
-	return slog.New(zerolog.NewSlogHandler(l))
+	return slog.New(clipHandler{zerolog.NewSlogHandler(l)})
+}
+
+// MaxAttrLen bounds a string attribute of a library's log line.
+const MaxAttrLen = 512
+
+// LibrarySample bounds the lines a library that logs what remote parties
+// send (sipgo: every malformed datagram, at error) may write, whatever
+// their level: a burst of 20 a second, then one in a thousand.
+func LibrarySample(l zerolog.Logger) zerolog.Logger {
+	return l.Sample(&zerolog.BurstSampler{Burst: 20, Period: time.Second, NextSampler: &zerolog.BasicSampler{N: 1000}})
+}
+
+// clipHandler cuts long string attributes before the wrapped handler
+// sees them.
+type clipHandler struct{ h slog.Handler }
+
+func (c clipHandler) Enabled(ctx context.Context, l slog.Level) bool { return c.h.Enabled(ctx, l) }
+
+func (c clipHandler) Handle(ctx context.Context, r slog.Record) error {
+	long := false
+	r.Attrs(func(a slog.Attr) bool {
+		long = a.Value.Kind() == slog.KindString && len(a.Value.String()) > MaxAttrLen
+		return !long
+	})
+	if !long {
+		return c.h.Handle(ctx, r)
+	}
+	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	r.Attrs(func(a slog.Attr) bool {
+		out.AddAttrs(clipAttr(a))
+		return true
+	})
+	return c.h.Handle(ctx, out)
+}
+
+func (c clipHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	for i := range as {
+		as[i] = clipAttr(as[i])
+	}
+	return clipHandler{c.h.WithAttrs(as)}
+}
+
+func (c clipHandler) WithGroup(name string) slog.Handler { return clipHandler{c.h.WithGroup(name)} }
+
+func clipAttr(a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindString {
+		if s := a.Value.String(); len(s) > MaxAttrLen {
+			return slog.String(a.Key, fmt.Sprintf("%s... (%d bytes)", s[:MaxAttrLen], len(s)))
+		}
+	}
+	return a
 }
 
 // SetDefault sends the lines of libraries that log through slog.Default

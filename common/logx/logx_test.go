@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/rs/zerolog"
 )
 
 // Lines logged through slog.Default (sipgo's package-level logger) and the
@@ -37,6 +38,30 @@ func TestSetDefault(t *testing.T) {
 		}
 		if m["level"] != want.level || m["message"] != want.msg || m["lib"] != "default" {
 			t.Errorf("line %d: %v, want level %s, message %q, lib default", i, m, want.level, want.msg)
+		}
+	}
+}
+
+// A library that logs what strangers send (sipgo: each malformed datagram
+// at error, with its bytes) writes few and short lines through Slog and
+// LibrarySample, whatever the flood.
+func TestLibraryLinesClippedAndSampled(t *testing.T) {
+	var buf bytes.Buffer
+	l := Slog(LibrarySample(zerolog.New(&buf))).With("conn", strings.Repeat("c", 2000))
+	junk := strings.Repeat("x", 10000)
+	for range 5000 {
+		l.Error("failed to parse", "data", junk, "caller", "Transport<UDP>")
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) < 20 || len(lines) > 30 {
+		t.Errorf("%d lines for 5000 in a burst, want the 20 of the burst and about 1 in 1000 after", len(lines))
+	}
+	for _, line := range lines {
+		if len(line) > 2*MaxAttrLen+200 {
+			t.Fatalf("line of %d bytes: %.200s...", len(line), line)
+		}
+		if !strings.Contains(line, "(10000 bytes)") || !strings.Contains(line, "(2000 bytes)") || !strings.Contains(line, `"caller":"Transport<UDP>"`) {
+			t.Fatalf("line lost what it says: %.300s", line)
 		}
 	}
 }

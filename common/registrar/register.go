@@ -61,10 +61,13 @@ func (g *Registrar) handle(req *sip.Request) *sip.Response {
 		u, refusal := g.cfg.Authorize(req, aor)
 		switch {
 		case refusal != nil:
+			g.stats.unauthorized.Add(1)
 			g.log.Debug().Int("code", refusal.StatusCode).Str("aor", aor).Str("call_id", callID(req)).Msg("register not authorized")
 			return refusal
 		case u == "" || ids.AORUser(aor) != u:
-			g.log.Info().Str("aor", aor).Str("user", u).Str("call_id", callID(req)).Msg("register for another user's aor refused")
+			// Per-message lines are debug (sampled): a stranger's flood of
+			// bad REGISTERs shows in the counters, not as a flood of lines.
+			g.log.Debug().Str("aor", aor).Str("user", u).Str("call_id", callID(req)).Msg("register for another user's aor refused")
 			err = refuse(403, "Forbidden")
 		}
 		user = u
@@ -78,7 +81,8 @@ func (g *Registrar) handle(req *sip.Request) *sip.Response {
 		if !errors.As(err, &re) {
 			re = refuse(500, "Server Internal Error")
 		}
-		g.log.Info().Int("code", re.code).Str("reason", re.reason).Str("aor", aor).Str("call_id", callID(req)).Msg("register refused")
+		g.stats.refused.Add(1)
+		g.log.Debug().Int("code", re.code).Str("reason", re.reason).Str("aor", aor).Str("call_id", callID(req)).Msg("register refused")
 		res = sip.NewResponseFromRequest(req, re.code, re.reason, nil)
 		for _, h := range re.hdrs {
 			res.AppendHeader(h)

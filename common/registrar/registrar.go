@@ -135,6 +135,7 @@ type Registrar struct {
 	queue queues
 	stats struct {
 		writes, batched, busy, storeFailed atomic.Uint64
+		unauthorized, refused              atomic.Uint64
 	}
 
 	mu  sync.Mutex // guards tab
@@ -196,8 +197,7 @@ func setDefault(d *time.Duration, v time.Duration) {
 // it serves many users).
 func (g *Registrar) AOR() string { return g.aor }
 
-// Stats counts what the registrar did with the REGISTERs it accepted for
-// processing (after Authorize).
+// Stats counts what the registrar did with REGISTERs.
 type Stats struct {
 	// Writes is the number of store writes made for REGISTERs, Batched
 	// the REGISTERs they carried (each answered 200).
@@ -205,6 +205,10 @@ type Stats struct {
 	// Busy counts 503s for a full per-AoR queue (MaxQueuedPerAOR),
 	// StoreFailed the failed store writes (each a 503 for its batch).
 	Busy, StoreFailed uint64
+	// Unauthorized counts REGISTERs Authorize answered (challenges
+	// included); Refused those answered with an error after it (bad
+	// request, another user's AoR, too brief, Busy, StoreFailed, ...).
+	Unauthorized, Refused uint64
 }
 
 // Stats returns a snapshot of the counters.
@@ -212,6 +216,7 @@ func (g *Registrar) Stats() Stats {
 	return Stats{
 		Writes: g.stats.writes.Load(), Batched: g.stats.batched.Load(),
 		Busy: g.stats.busy.Load(), StoreFailed: g.stats.storeFailed.Load(),
+		Unauthorized: g.stats.unauthorized.Load(), Refused: g.stats.refused.Load(),
 	}
 }
 

@@ -186,7 +186,9 @@ func New(cfg Config) (*Router, error) {
 		log: cfg.Log.With().Str("component", "siproute").Str("peer_id", cfg.Self.Short()).Logger(),
 	}
 	r.tun = newTunnel(cfg.Sender, cfg.QueueLen, cfg.QueueBytes, &r.stats, r.log)
-	slog := logx.Slog(r.log.With().Str("lib", "sipgo").Logger())
+	// sipgo logs every malformed datagram, at error and with its bytes:
+	// sampled, so that strangers cannot fill the disk.
+	slog := logx.Slog(logx.LibrarySample(r.log.With().Str("lib", "sipgo").Logger()))
 	r.ua = cfg.UA
 	if r.ua == nil {
 		ua, err := r.newUA(slog)

@@ -156,6 +156,13 @@ func TestEdgeRegisterSIPp(t *testing.T) {
 			}
 		})
 	}
+	// The edge's /metrics: each registration was challenged once, then
+	// stored.
+	ok, challenged := counter(t, sps[0], "p2psip_registrar_registers_total", "ok"), counter(t, sps[0], "p2psip_registrar_registers_total", "unauthorized")
+	if ok < 2 || challenged < 2 || counter(t, sps[0], "p2psip_registrar_store_writes_total", "") < 2 {
+		t.Errorf("registrar metrics: %v ok, %v unauthorized, %v writes; want at least 2 each", ok, challenged,
+			counter(t, sps[0], "p2psip_registrar_store_writes_total", ""))
+	}
 }
 
 // TestEdgeCallsSIPp: a SIPp phone registered at super peer 0's edge calls
@@ -669,8 +676,8 @@ func TestEdgeOverload(t *testing.T) {
 	if codes[503] == 0 || retryAfter != codes[503] || codes[486] == 0 || codes[486]+codes[503] != burst {
 		t.Fatalf("responses %v (%d with Retry-After): want 486s and 503s with Retry-After only", codes, retryAfter)
 	}
-	if s := sps[0].Node.Edge().Stats(); s.Overload != uint64(codes[503]) {
-		t.Errorf("edge counted %d overloads, sent %d", s.Overload, codes[503])
+	if s := sps[0].Node.Edge().Stats(); s.Overload != uint64(codes[503]) || counter(t, sps[0], "p2psip_sip_overload_total", "") != float64(codes[503]) {
+		t.Errorf("edge counted %d overloads (metric %v), sent %d", s.Overload, counter(t, sps[0], "p2psip_sip_overload_total", ""), codes[503])
 	}
 	// The burst is over: normal service.
 	for i := range 3 {

@@ -143,7 +143,7 @@ func (e *Edge) checkInput(req *sip.Request) *sip.Response {
 		return nil
 	}
 	e.stats.badInput.Add(1)
-	e.log.Info().Str("source", req.Source()).Str("method", string(req.Method)).Msg("request with control characters in a header refused")
+	e.log.Debug().Str("source", req.Source()).Str("method", string(req.Method)).Msg("request with control characters in a header refused")
 	return sip.NewResponseFromRequest(req, 400, "Bad Request", nil)
 }
 
