@@ -198,7 +198,7 @@ func TestEdgeCallsSIPp(t *testing.T) {
 			return nil
 		})
 		da, de := hopsDelta(agentBefore, b.Router().Stats().InByHops), hopsDelta(edgeBefore, edge.Stats().InByHops)
-		checkHops(t, "bob's agent", da, 2, 3)  // INVITE, ACK, BYE
+		checkHops(t, "bob's agent", da, 2, 3)             // INVITE, ACK, BYE
 		checkHops(t, "alice's edge", de, 2, minResponses) // 180, 200, 200 to BYE
 		t.Logf("tunnel payloads by hops [other 1 2 3]: bob's agent %v, edge %v", da, de)
 	})
@@ -216,7 +216,7 @@ func TestEdgeCallsSIPp(t *testing.T) {
 			t.Fatalf("%v\n%s", err, uas.Output())
 		}
 		da, de := hopsDelta(agentBefore, b.Router().Stats().InByHops), hopsDelta(edgeBefore, edge.Stats().InByHops)
-		checkHops(t, "edge", de, 2, 3)        // INVITE, ACK, BYE
+		checkHops(t, "edge", de, 2, 3)                   // INVITE, ACK, BYE
 		checkHops(t, "bob's agent", da, 2, minResponses) // 180, 200, 200 to BYE
 		t.Logf("tunnel payloads by hops [other 1 2 3]: bob's agent %v, edge %v", da, de)
 	})
