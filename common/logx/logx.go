@@ -113,10 +113,12 @@ func Slog(l zerolog.Logger) *slog.Logger {
 // MaxAttrLen bounds a string attribute of a library's log line.
 const MaxAttrLen = 512
 
-// LibrarySample bounds the lines a library that logs what remote parties
-// send (sipgo: every malformed datagram, at error) may write, whatever
-// their level: a burst of 20 a second, then one in a thousand.
-func LibrarySample(l zerolog.Logger) zerolog.Logger {
+// Throttle bounds the lines l writes, whatever their level, to a burst
+// of 20 a second, then one in a thousand: for lines that strangers can
+// cause at will (sipgo logs every malformed datagram at error; a port
+// scanner fails a TLS handshake per connection). Counters say how many
+// there were; the lines show what they were like.
+func Throttle(l zerolog.Logger) zerolog.Logger {
 	return l.Sample(&zerolog.BurstSampler{Burst: 20, Period: time.Second, NextSampler: &zerolog.BasicSampler{N: 1000}})
 }
 

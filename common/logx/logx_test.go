@@ -44,10 +44,10 @@ func TestSetDefault(t *testing.T) {
 
 // A library that logs what strangers send (sipgo: each malformed datagram
 // at error, with its bytes) writes few and short lines through Slog and
-// LibrarySample, whatever the flood.
+// Throttle, whatever the flood.
 func TestLibraryLinesClippedAndSampled(t *testing.T) {
 	var buf bytes.Buffer
-	l := Slog(LibrarySample(zerolog.New(&buf))).With("conn", strings.Repeat("c", 2000))
+	l := Slog(Throttle(zerolog.New(&buf))).With("conn", strings.Repeat("c", 2000))
 	junk := strings.Repeat("x", 10000)
 	for range 5000 {
 		l.Error("failed to parse", "data", junk, "caller", "Transport<UDP>")

@@ -188,7 +188,7 @@ func New(cfg Config) (*Router, error) {
 	r.tun = newTunnel(cfg.Sender, cfg.QueueLen, cfg.QueueBytes, &r.stats, r.log)
 	// sipgo logs every malformed datagram, at error and with its bytes:
 	// sampled, so that strangers cannot fill the disk.
-	slog := logx.Slog(logx.LibrarySample(r.log.With().Str("lib", "sipgo").Logger()))
+	slog := logx.Slog(logx.Throttle(r.log.With().Str("lib", "sipgo").Logger()))
 	r.ua = cfg.UA
 	if r.ua == nil {
 		ua, err := r.newUA(slog)

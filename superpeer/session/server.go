@@ -114,8 +114,12 @@ type Peer struct {
 type Server struct {
 	cfg Config
 	log zerolog.Logger
-	m   *metrics
-	sem chan struct{}
+	// refusedLog is log throttled (logx.Throttle): anyone can open a
+	// connection and fail its handshake; p2psip_session_refused_total
+	// counts them all.
+	refusedLog zerolog.Logger
+	m          *metrics
+	sem        chan struct{}
 	// jobs hands a request to an idle worker (see worker).
 	jobs chan func()
 
@@ -157,12 +161,13 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		}
 	}
 	return &Server{
-		cfg:   cfg,
-		log:   log,
-		m:     newMetrics(cfg.Registerer),
-		sem:   make(chan struct{}, cfg.MaxInFlight),
-		jobs:  make(chan func()),
-		conns: make(map[*link.Conn]Peer),
+		cfg:        cfg,
+		log:        log,
+		refusedLog: logx.Throttle(log),
+		m:          newMetrics(cfg.Registerer),
+		sem:        make(chan struct{}, cfg.MaxInFlight),
+		jobs:       make(chan func()),
+		conns:      make(map[*link.Conn]Peer),
 	}, nil
 }
 
@@ -265,7 +270,7 @@ func (s *Server) serve(ctx context.Context, nc net.Conn) {
 	tc, peer, err := s.handshake(ctx, nc)
 	if err != nil {
 		s.m.refused.WithLabelValues(refusal(err)).Inc()
-		s.log.Info().Err(err).Str("remote_addr", remote).Msg("connection refused")
+		s.refusedLog.Info().Err(err).Str("remote_addr", remote).Msg("connection refused")
 		nc.Close()
 		s.wg.Done()
 		return
