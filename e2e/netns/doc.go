@@ -36,7 +36,9 @@
 // TestTURNFallback (3), TestEdgePhone (4), TestPromotion (5),
 // TestPacketLoss (6), and TestRollingRestart (issue 8: every super peer
 // in turn drained with SIGTERM and restarted, with records checked and
-// calls placed between restarts). Packet loss uses tc netem where the kernel has sch_netem, and otherwise an
+// calls placed between restarts), and TestEdgeFlood (a stranger on the
+// public segment floods a super peer's SIP edge with hostile and
+// malformed SIP while calls cross it). Packet loss uses tc netem where the kernel has sch_netem, and otherwise an
 // iptables statistic match on the same link (this machine's kernel has no
 // netem).
 //
