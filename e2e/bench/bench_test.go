@@ -141,6 +141,7 @@ type benchParams struct {
 	callBisect, callHoldTries       int
 	callHoldCut                     int
 	latencyRate, latencyRounds      int
+	latencyWarmup                   time.Duration
 
 	regStep, regHold time.Duration
 	regRates         []int
@@ -184,8 +185,8 @@ func params() benchParams {
 			latencyRate: 500,
 			// Three rounds of 10 s per rig, interleaved: one run of each
 			// gave p99 ratios from 1.5 to 2.2 on one quiet host.
-			latencyRounds: 3,
-			regStep:       3 * time.Second, regHold: 10 * time.Second,
+			latencyRounds: 3, latencyWarmup: 5 * time.Second,
+			regStep: 3 * time.Second, regHold: 10 * time.Second,
 			regRates:      []int{1000, 2000, 3000, 4000, 6000, 8000, 12000, 16000, 24000, 32000},
 			lookupRecords: 64, lookupDuration: 10 * time.Second, lookupLoadRate: 2000, lookupLoaders: 8, lookupMeasurers: 2,
 			turnAllocs: 1000, turnThrough: 32, turnStart: 10000, turnLimit: 640000, turnBisect: 2, turnTries: 3,
