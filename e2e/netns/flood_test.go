@@ -11,9 +11,10 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/p2psip/p2psip/e2e/harness/promtext"
 )
 
 // TestEdgeFlood: a stranger on the public segment (the phone host) floods
@@ -115,21 +116,9 @@ func scrape(t *testing.T, o *Overlay, sp *SuperPeer) map[string]float64 {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(io.LimitReader(resp.Body, 8<<20))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			out[line[:i]] = v
-		}
+	m, err := promtext.Parse(resp.Body)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
+	return m
 }

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/p2psip/p2psip/common/auth"
+	"github.com/p2psip/p2psip/e2e/harness/promtext"
 )
 
 var (
@@ -211,23 +212,7 @@ func (p *Process) Metrics(ctx context.Context) (map[string]float64, error) {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			out[line[:i]] = v
-		}
-	}
-	return out, sc.Err()
+	return promtext.Parse(resp.Body)
 }
 
 // Kill sends SIGKILL (kill -9) and waits for the exit.

@@ -1,0 +1,33 @@
+// Package promtext reads the Prometheus text format the admin /metrics
+// page serves, for tests and benchmarks that check a process's counters.
+package promtext
+
+import (
+	"bufio"
+	"io"
+	"strconv"
+	"strings"
+)
+
+// Parse returns every sample of a /metrics page: one without labels under
+// its name, a labelled one under its full "name{labels}" text. Comments
+// and lines it cannot read are skipped; at most 8 MiB are read.
+func Parse(r io.Reader) (map[string]float64, error) {
+	out := map[string]float64{}
+	sc := bufio.NewScanner(io.LimitReader(r, 8<<20))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out, sc.Err()
+}
