@@ -69,8 +69,7 @@ func cgroupMemoryMax(root fs.FS) (int64, string, error) {
 	if err != nil {
 		return 0, "", err
 	}
-	var v1, v2 string
-	hasV2 := false
+	var v1, v2 string // cgroup paths; they start with '/' when present
 	sc := bufio.NewScanner(strings.NewReader(string(b)))
 	for sc.Scan() {
 		// hierarchy-ID:controller-list:cgroup-path
@@ -84,7 +83,7 @@ func cgroupMemoryMax(root fs.FS) (int64, string, error) {
 		}
 		switch {
 		case id == "0" && ctrls == "":
-			v2, hasV2 = p, true
+			v2 = p
 		case hasController(ctrls, "memory"):
 			v1 = p
 		}
@@ -96,7 +95,7 @@ func cgroupMemoryMax(root fs.FS) (int64, string, error) {
 		candidates = append(candidates, path.Join("sys/fs/cgroup/memory", v1, "memory.limit_in_bytes"),
 			"sys/fs/cgroup/memory/memory.limit_in_bytes") // a cgroup namespace shows the own cgroup at the top
 	}
-	if hasV2 {
+	if v2 != "" {
 		candidates = append(candidates, path.Join("sys/fs/cgroup", v2, "memory.max"), "sys/fs/cgroup/memory.max")
 	}
 	for _, f := range candidates {

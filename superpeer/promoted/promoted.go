@@ -70,7 +70,7 @@ type Node struct {
 
 	mu      sync.Mutex // guards the fields below
 	runCtx  context.Context
-	handoff *chanListener // the running super peer's listener (a new one per promotion)
+	handoff *chanListener // the last super peer's listener (a new one per promotion; nil before)
 	sp      *superpeer.Node
 	spEnded chan error         // receives once when sp stops on its own
 	spStop  context.CancelFunc // stops sp (StopForTest)
@@ -123,7 +123,7 @@ func New(cfg Config, log zerolog.Logger) (*Node, error) {
 			return nil, fmt.Errorf("promoted: peer protocol listener: %w", err)
 		}
 	}
-	return &Node{cfg: cfg, log: logx.Component(log, "promoted"), base: log, ln: ln, handoff: newChanListener(ln.Addr()), left: make(chan struct{})}, nil
+	return &Node{cfg: cfg, log: logx.Component(log, "promoted"), base: log, ln: ln, left: make(chan struct{})}, nil
 }
 
 // PeerAddr is the advertised peer-protocol address, given the IP of the
@@ -197,7 +197,9 @@ func (n *Node) Run(ctx context.Context, key ed25519.PrivateKey) error {
 	n.stop()
 	n.wg.Wait()
 	n.mu.Lock()
-	n.handoff.Close()
+	if n.handoff != nil {
+		n.handoff.Close()
+	}
 	n.mu.Unlock()
 	return nil
 }
