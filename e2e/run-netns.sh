@@ -53,4 +53,17 @@ if [ -n "$reason" ]; then
   exit 1
 fi
 
-exec go test -tags e2e -count=1 -v -timeout 20m "$@" ./e2e/netns/...
+# The suite's output is long (a failing test prints the tails of its
+# processes' logs), and CI shows only its end: on failure, repeat each
+# failed test's own lines (its _test.go messages, the failure among them)
+# last.
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+status=0
+go test -tags e2e -count=1 -v -timeout 20m "$@" ./e2e/netns/... 2>&1 | tee "$out" || status=$?
+if [ "$status" -ne 0 ]; then
+  echo
+  echo "==== e2e failed (exit $status); the failed tests' own lines again ===="
+  awk -f e2e/failed-lines.awk "$out"
+fi
+exit "$status"

@@ -288,6 +288,7 @@ func (n *Node) watch(ctx context.Context) error {
 }
 
 func (n *Node) applyView() {
+	n.router.MembersChanged()
 	v := n.mesh.View()
 	addrs := make(map[ids.PeerID]string, len(v.Members))
 	for _, m := range v.Members {
@@ -312,6 +313,9 @@ func (n *Node) Leave(timeout time.Duration) error {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	// First, so that the others stop offering this super peer to agents
+	// (and tell theirs to move TURN allocations off it) while it drains.
+	n.mesh.SetDraining()
 	var errs []error
 	moved, err := n.store.Drain(ctx)
 	if err != nil {

@@ -91,11 +91,15 @@ const (
 	TypePromote Type = 14
 	// TypeDialBack: SP → SP, test that a node answers at its advertised address. Body DialBackReq; reply DialBackResp.
 	TypeDialBack Type = 15
+	// TypeMembers: SP → its agents, one way (no reply): super peers that
+	// left the mesh, died or began draining, and ones that (re)joined.
+	// Body MembersChange.
+	TypeMembers Type = 16
 
-	maxType = TypeDialBack
+	maxType = TypeMembers
 )
 
-var typeNames = [...]string{"", "hello", "ping", "store", "fetch", "remove", "find", "replicate", "read", "digest", "sync", "tunnel", "leave", "attach", "promote", "dialback"}
+var typeNames = [...]string{"", "hello", "ping", "store", "fetch", "remove", "find", "replicate", "read", "digest", "sync", "tunnel", "leave", "attach", "promote", "dialback", "members"}
 
 func (t Type) String() string {
 	if t >= 1 && t <= maxType {

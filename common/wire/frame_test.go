@@ -162,7 +162,7 @@ func FuzzReadFrame(f *testing.F) {
 			t.Fatalf("re-decode mismatch: %v", err)
 		}
 		// Bodies of every message type decode without panicking.
-		for _, v := range []any{&Hello{}, &StoreReq{}, &FetchResp{}, &ReplicateReq{}, &DigestReq{}, &Error{}, &PromoteReq{}, &PromoteResp{}, &DialBackReq{}} {
+		for _, v := range []any{&Hello{}, &StoreReq{}, &FetchResp{}, &ReplicateReq{}, &DigestReq{}, &Error{}, &PromoteReq{}, &PromoteResp{}, &DialBackReq{}, &Leave{}, &MembersChange{}} {
 			_ = Unmarshal(fr.Body, v)
 		}
 	})

@@ -177,6 +177,17 @@ type Leave struct {
 	Alternates []SuperPeerInfo `cbor:"2,keyasint,omitempty"`
 }
 
+// MembersChange tells an agent of changes among the super peers it may
+// use. Gone ones left the mesh, were declared dead, or are draining: the
+// agent drops them from its alternates and moves a TURN allocation it
+// holds on one of them, which would otherwise die unnoticed until its
+// next self-probe. Joined ones (a restarted super peer back) may be
+// alternates again.
+type MembersChange struct {
+	Gone   []SuperPeerInfo `cbor:"1,keyasint,omitempty"`
+	Joined []SuperPeerInfo `cbor:"2,keyasint,omitempty"`
+}
+
 // Code classifies an Error. The values follow SIP's status codes so the
 // SIP side can map them one to one.
 type Code uint16

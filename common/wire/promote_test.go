@@ -15,6 +15,10 @@ func TestPromoteRoundTrip(t *testing.T) {
 		"refusal":  {&PromoteResp{Reason: "promotion off on this overlay", RetryAfterS: 3600}, &PromoteResp{}},
 		"dialback": {&DialBackReq{PeerID: ids.PeerID{7}, Addr: "192.0.2.10:6084"}, &DialBackReq{}},
 		"verdict":  {&DialBackResp{Reason: "connect 192.0.2.10:6084: timeout", TookMS: 10000}, &DialBackResp{}},
+		// Not promotion, but the other message a super peer pushes to its
+		// agents when the mesh changes.
+		"members": {&MembersChange{Gone: []SuperPeerInfo{{PeerID: ids.PeerID{3}, PeerAddr: "203.0.113.3:6084", TURNAddr: "203.0.113.3:3478"}},
+			Joined: []SuperPeerInfo{{PeerID: ids.PeerID{4}, PeerAddr: "203.0.113.4:6084"}}}, &MembersChange{}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -30,7 +34,8 @@ func TestPromoteRoundTrip(t *testing.T) {
 			}
 		})
 	}
-	if TypePromote.String() != "promote" || TypeDialBack.String() != "dialback" || !TypeDialBack.Known() || RoleProbe.String() != "probe" {
+	if TypePromote.String() != "promote" || TypeDialBack.String() != "dialback" || !TypeDialBack.Known() || RoleProbe.String() != "probe" ||
+		TypeMembers.String() != "members" || !TypeMembers.Known() {
 		t.Fatal("names of the promotion types")
 	}
 }

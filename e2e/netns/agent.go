@@ -59,6 +59,8 @@ type AgentStatus struct {
 	Relay *struct {
 		RelayedOut uint64 `json:"relayed_out"`
 		OverlayOut uint64 `json:"overlay_out"`
+		// Server is the TURN server holding the agent's allocation.
+		Server string `json:"server"`
 	} `json:"relay"`
 }
 

@@ -61,6 +61,9 @@ type SuperPeer struct {
 // PeerAddr is the super peer's peer-protocol address.
 func (sp *SuperPeer) PeerAddr() string { return net.JoinHostPort(sp.IP, strconv.Itoa(PeerPort)) }
 
+// TURNAddr is its STUN/TURN address.
+func (sp *SuperPeer) TURNAddr() string { return net.JoinHostPort(sp.IP, strconv.Itoa(TURNPort)) }
+
 // GossipAddr is its memberlist address.
 func (sp *SuperPeer) GossipAddr() string { return net.JoinHostPort(sp.IP, strconv.Itoa(GossipPort)) }
 

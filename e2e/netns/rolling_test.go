@@ -147,8 +147,23 @@ func TestRollingRestart(t *testing.T) {
 		drains = append(drains, fmt.Sprintf("%s %s (%d records handed off)", host, took.Round(time.Millisecond), moved))
 		t.Logf("%s drained and exited in %s, %d records handed off; agents attached to it: %v", host, took.Round(time.Millisecond), moved, attachedHere)
 
-		// The agents it had moved to another super peer.
+		// The agents it had moved to another super peer, and no TURN
+		// allocation stays on it (the agents' relayed addresses would be
+		// dead until a self-probe noticed, 5–15 s). Its peers said it was
+		// draining before it handed off its records.
 		for _, a := range []*Agent{alice, bob} {
+			Eventually(t, 3*time.Second, a.User+"'s TURN allocation off "+host, func() error {
+				st, err := a.Status()
+				switch {
+				case err != nil:
+					return err
+				case st.Relay == nil:
+					return fmt.Errorf("no relay section in the status")
+				case st.Relay.Server == sp.TURNAddr():
+					return fmt.Errorf("allocation on %s (%s)", host, st.Relay.Server)
+				}
+				return nil
+			})
 			Eventually(t, 15*time.Second, a.User+"'s agent attached to a live super peer", func() error {
 				st, err := a.Status()
 				if err != nil {

@@ -313,7 +313,9 @@ func (tp *Topology) dumpLogs() {
 			others = append(others, e.Name())
 			continue
 		}
-		tp.t.Logf("---- tail of %s ----\n%s", path, tail(path, 40))
+		// Debug lines (pion's per-packet ones above all) would fill the
+		// tail; the whole log stays in the file.
+		tp.t.Logf("---- tail of %s, debug lines left out ----\n%s", path, tailWithout(path, 40, `"level":"debug"`))
 	}
 	if len(others) > 0 {
 		tp.t.Logf("also in %s: %s", tp.LogDir, strings.Join(others, " "))
@@ -322,11 +324,26 @@ func (tp *Topology) dumpLogs() {
 
 // tail returns the last n lines of the file at path.
 func tail(path string, n int) string {
+	return tailWithout(path, n, "")
+}
+
+// tailWithout returns the last n lines of the file at path that do not
+// contain skip (all lines when skip is empty).
+func tailWithout(path string, n int, skip string) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err.Error()
 	}
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if skip != "" {
+		kept := lines[:0]
+		for _, l := range lines {
+			if !strings.Contains(l, skip) {
+				kept = append(kept, l)
+			}
+		}
+		lines = kept
+	}
 	if len(lines) > n {
 		lines = append([]string{fmt.Sprintf("... (%d lines before)", len(lines)-n)}, lines[len(lines)-n:]...)
 	}

@@ -148,6 +148,8 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 		Overlay: cfg.Overlay, Bootstrap: cfg.Bootstrap, Credentials: cfg.Credentials, Renewed: a.creds.get, Key: key,
 		Roots: cfg.Roots, CacheFile: filepath.Join(cfg.DataDir, CacheFile), Keepalive: cfg.Keepalive,
 		Promotable: cfg.Role == "auto", Tunnel: a.tunnel, OnAttach: a.attached,
+		// A super peer holding our TURN allocation may be the one gone.
+		OnMembers: a.kickRelay,
 	}, a.log)
 	if err != nil {
 		return nil, err

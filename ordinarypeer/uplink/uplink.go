@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,6 +60,10 @@ type Config struct {
 	// OnAttach runs after every (re)attachment, on its own goroutine; the
 	// agent re-stores its records there.
 	OnAttach func(ctx context.Context, a Attachment)
+	// OnMembers runs when the super peer says super peers left, died,
+	// began draining or joined (Attachment's alternates changed), on the
+	// session's reader goroutine: it must not block.
+	OnMembers func()
 }
 
 // Attachment describes the current super peer.
@@ -88,6 +93,10 @@ type Uplink struct {
 	sess    *client.Session
 	att     Attachment
 	waiters chan struct{} // closed when attached; replaced on loss
+	// gone: super peers that said they are leaving, or that our super
+	// peer said left, died or are draining, until when they stay out of
+	// the alternates (and are tried last), unless said to have joined.
+	gone map[ids.PeerID]goneSP
 
 	// leave carries a super peer's request to move (its alternates).
 	leave     chan []wire.SuperPeerInfo
@@ -120,7 +129,81 @@ func New(cfg Config, log zerolog.Logger) (*Uplink, error) {
 		waiters: make(chan struct{}),
 		ready:   make(chan struct{}),
 		leave:   make(chan []wire.SuperPeerInfo, 1),
+		gone:    make(map[ids.PeerID]goneSP),
 	}, nil
+}
+
+// goneFor is how long a departed super peer stays out of the alternates
+// when no notice says it joined again: long enough for a drain and a
+// restart, short enough that a notice lost with a failover costs little.
+const goneFor = time.Minute
+
+// maxAlternates bounds the alternates a joined notice may add to
+// (a super peer's attach answer lists up to four).
+const maxAlternates = 4
+
+type goneSP struct {
+	addr  string
+	until time.Time
+}
+
+// markGoneLocked keeps sp out of the alternates for goneFor.
+func (u *Uplink) markGoneLocked(sp wire.SuperPeerInfo, now time.Time) {
+	if sp.PeerID.IsZero() {
+		return
+	}
+	u.gone[sp.PeerID] = goneSP{addr: sp.PeerAddr, until: now.Add(goneFor)}
+}
+
+// goneLocked says whether id is to be left out now (forgetting an expired
+// mark).
+func (u *Uplink) goneLocked(id ids.PeerID, now time.Time) bool {
+	g, ok := u.gone[id]
+	if ok && now.After(g.until) {
+		delete(u.gone, id)
+		return false
+	}
+	return ok
+}
+
+// usableLocked is alts without the super peers marked gone.
+func (u *Uplink) usableLocked(alts []wire.SuperPeerInfo, now time.Time) []wire.SuperPeerInfo {
+	out := make([]wire.SuperPeerInfo, 0, len(alts))
+	for _, a := range alts {
+		if !u.goneLocked(a.PeerID, now) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// members applies a super peer's notice of a change among the super
+// peers: gone ones leave the alternates, joined ones lose their mark and
+// become alternates again if there is room.
+func (u *Uplink) members(ch *wire.MembersChange) {
+	now := time.Now()
+	u.mu.Lock()
+	for _, sp := range ch.Gone {
+		u.markGoneLocked(sp, now)
+	}
+	for _, sp := range ch.Joined {
+		if sp.PeerID.IsZero() || sp.PeerAddr == "" || sp.PeerID == u.self {
+			continue
+		}
+		delete(u.gone, sp.PeerID)
+		if sp.PeerID == u.att.SP || len(u.att.Alternates) >= maxAlternates {
+			continue
+		}
+		if !slices.ContainsFunc(u.att.Alternates, func(a wire.SuperPeerInfo) bool { return a.PeerID == sp.PeerID }) {
+			// A copy: Attachment's callers may hold the old slice.
+			u.att.Alternates = append(slices.Clip(u.att.Alternates), sp)
+		}
+	}
+	u.mu.Unlock()
+	u.log.Info().Int("gone", len(ch.Gone)).Int("joined", len(ch.Joined)).Msg("super peers changed")
+	if u.cfg.OnMembers != nil {
+		u.cfg.OnMembers()
+	}
 }
 
 // Self is this node's Peer-ID.
@@ -132,11 +215,14 @@ func (u *Uplink) Ready() <-chan struct{} { return u.ready }
 // Failovers counts reattachments after a lost super peer.
 func (u *Uplink) Failovers() int { return int(u.failovers.Load()) }
 
-// Attachment returns the current super peer (ok false while failing over).
+// Attachment returns the current super peer (ok false while failing
+// over); its alternates leave out the super peers known to be gone.
 func (u *Uplink) Attachment() (Attachment, bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return u.att, u.sess != nil
+	att := u.att
+	att.Alternates = u.usableLocked(att.Alternates, time.Now())
+	return att, u.sess != nil
 }
 
 // Session waits until attached (or ctx ends) and returns the session, for
@@ -235,6 +321,9 @@ func (u *Uplink) Run(ctx context.Context) error {
 			u.log.Info().Str("sp_id", att.SP.Short()).Msg("super peer leaving; moving")
 			u.mu.Lock()
 			u.att.Alternates = mv.alternates
+			// The next super peer may not know yet that this one is
+			// draining and offer it as an alternate or TURN server.
+			u.markGoneLocked(wire.SuperPeerInfo{PeerID: att.SP, PeerAddr: att.SPAddr}, time.Now())
 			u.mu.Unlock()
 			next, natt, aerr := u.attach(ctx, att.SP)
 			if aerr == nil && natt.SP != att.SP {
@@ -423,13 +512,22 @@ func (u *Uplink) handle(c *link.Conn, f *wire.Frame) {
 		default: // a move is already pending
 		}
 		c.Reply(f, nil) //nolint:errcheck
+	case wire.TypeMembers:
+		// One way: no reply.
+		var ch wire.MembersChange
+		if err := wire.Unmarshal(f.Body, &ch); err != nil {
+			u.log.Warn().Err(err).Msg("bad members notice ignored")
+			return
+		}
+		u.members(&ch)
 	default:
 		c.ReplyError(f, wire.Errorf(wire.CodeUnknownType, "%s not served by agents", f.Type)) //nolint:errcheck
 	}
 }
 
 // candidates orders where to attach: the alternates we were given, then
-// remembered super peers, then the configured bootstrap list; lost last.
+// remembered super peers, then the configured bootstrap list; lost and
+// gone ones last.
 func (u *Uplink) candidates(lost ids.PeerID) []string {
 	var out, tail []string
 	seen := map[string]bool{}
@@ -444,8 +542,15 @@ func (u *Uplink) candidates(lost ids.PeerID) []string {
 			out = append(out, addr)
 		}
 	}
+	now := time.Now()
 	u.mu.Lock()
 	att := u.att
+	goneAddr := map[string]bool{}
+	for id, g := range u.gone {
+		if u.goneLocked(id, now) {
+			goneAddr[g.addr] = true
+		}
+	}
 	u.mu.Unlock()
 	alts := att.Alternates
 	if !lost.IsZero() && len(alts) > 1 {
@@ -457,14 +562,16 @@ func (u *Uplink) candidates(lost ids.PeerID) []string {
 		k := int(u.self[0]) % len(alts)
 		alts = append(append([]wire.SuperPeerInfo(nil), alts[k:]...), alts[:k]...)
 	}
+	// Super peers known to be gone are tried last, not skipped: with
+	// nothing else left, one may be back.
 	for _, a := range alts {
-		add(a.PeerAddr, a.PeerID == lost)
+		add(a.PeerAddr, a.PeerID == lost || goneAddr[a.PeerAddr])
 	}
 	for _, a := range u.loadCache() {
-		add(a, false)
+		add(a, goneAddr[a])
 	}
 	for _, a := range u.cfg.Bootstrap {
-		add(a, false)
+		add(a, goneAddr[a])
 	}
 	if !lost.IsZero() {
 		add(att.SPAddr, true)

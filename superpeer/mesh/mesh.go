@@ -41,6 +41,10 @@ type Meta struct {
 	Capacity uint32     `cbor:"6,keyasint,omitempty" json:"capacity"`
 	Load     uint32     `cbor:"7,keyasint,omitempty" json:"load"`
 	Proto    uint8      `cbor:"8,keyasint" json:"proto"`
+	// Draining: the super peer is leaving (handing off its records and
+	// moving its agents); others stop offering it to agents. Older
+	// members ignore the field.
+	Draining bool `cbor:"9,keyasint,omitempty" json:"draining,omitempty"`
 }
 
 // Member is one alive super peer.
@@ -280,9 +284,23 @@ func (m *Mesh) Changes() <-chan struct{} { return m.changes }
 
 // SetLoad updates the advertised load; it spreads with the next gossip.
 func (m *Mesh) SetLoad(load, capacity uint32) {
+	m.updateMeta(func(mt *Meta) { mt.Load, mt.Capacity = load, capacity })
+}
+
+// SetDraining advertises that this super peer is leaving, before its
+// hand-off: the others stop offering it to agents as an alternate or a
+// TURN server at once, not only when it has left the mesh.
+func (m *Mesh) SetDraining() {
+	m.updateMeta(func(mt *Meta) { mt.Draining = true })
+}
+
+// updateMeta applies change to the advertised meta and, if that changed
+// it, spreads it with the next gossip.
+func (m *Mesh) updateMeta(change func(*Meta)) {
 	m.metaMu.Lock()
-	same := m.meta.Load == load && m.meta.Capacity == capacity
-	m.meta.Load, m.meta.Capacity = load, capacity
+	before := m.meta
+	change(&m.meta)
+	same := m.meta == before
 	m.metaMu.Unlock()
 	if same {
 		return

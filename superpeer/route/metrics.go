@@ -3,14 +3,15 @@ package route
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	fromAgents prometheus.Counter
-	delivered  prometheus.Counter
-	forwarded  prometheus.Counter
-	hopLimit   prometheus.Counter
-	failed     *prometheus.CounterVec // code
-	dropped    *prometheus.CounterVec // reason
-	redirects  prometheus.Counter
-	refused    prometheus.Counter
+	fromAgents     prometheus.Counter
+	delivered      prometheus.Counter
+	forwarded      prometheus.Counter
+	hopLimit       prometheus.Counter
+	failed         *prometheus.CounterVec // code
+	dropped        *prometheus.CounterVec // reason
+	redirects      prometheus.Counter
+	refused        prometheus.Counter
+	membersNotices prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
@@ -26,11 +27,12 @@ func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
 			Help: "Tunnel frames answered with an error frame, by reason."}, []string{"reason"}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "p2psip", Subsystem: "tunnel", Name: "dropped_total",
 			Help: "Tunnel frames dropped, by reason."}, []string{"reason"}),
-		redirects: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "p2psip", Subsystem: "attach", Name: "redirects_total", Help: "Attach requests redirected to a less loaded super peer."}),
-		refused:   prometheus.NewCounter(prometheus.CounterOpts{Namespace: "p2psip", Subsystem: "attach", Name: "refused_total", Help: "Attach requests refused because this super peer is full."}),
+		redirects:      prometheus.NewCounter(prometheus.CounterOpts{Namespace: "p2psip", Subsystem: "attach", Name: "redirects_total", Help: "Attach requests redirected to a less loaded super peer."}),
+		refused:        prometheus.NewCounter(prometheus.CounterOpts{Namespace: "p2psip", Subsystem: "attach", Name: "refused_total", Help: "Attach requests refused because this super peer is full."}),
+		membersNotices: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "p2psip", Subsystem: "attach", Name: "members_notices_total", Help: "Notices sent to attached agents that super peers left, died, began draining or joined."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.fromAgents, m.delivered, m.forwarded, m.hopLimit, m.failed, m.dropped, m.redirects, m.refused,
+		reg.MustRegister(m.fromAgents, m.delivered, m.forwarded, m.hopLimit, m.failed, m.dropped, m.redirects, m.refused, m.membersNotices,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "p2psip", Subsystem: "attach", Name: "attached_peers", Help: "Agents attached to this super peer."},
 				func() float64 { return float64(r.Attached()) }))
 	}

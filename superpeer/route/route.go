@@ -9,7 +9,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,7 +75,12 @@ type Router struct {
 	count    atomic.Int64
 	draining atomic.Bool
 
-	wg sync.WaitGroup // lookups and dials in flight
+	wg sync.WaitGroup // lookups, dials and gone notices in flight
+
+	usableMu sync.Mutex
+	// usable: the other super peers agents could use at the last
+	// MembersChanged (alive, not draining), for telling what changed.
+	usable map[ids.PeerID]wire.SuperPeerInfo
 
 	blocked sync.Map // ids.PeerID → bool (drop silently): super peers BlockForTest/DropForTest cut off
 }
@@ -201,15 +208,93 @@ func lessLoaded(a, b *wire.SuperPeerInfo) bool {
 	return ra+0.05 < rb && a.Load+10 < b.Load
 }
 
+// usable: m is another super peer an agent may attach or relay to.
+func usable(self ids.PeerID, m mesh.Member) bool {
+	return m.PeerID != self && m.PeerAddr != "" && !m.Draining
+}
+
+func infoOf(m mesh.Member) wire.SuperPeerInfo {
+	return wire.SuperPeerInfo{PeerID: m.PeerID, PeerAddr: m.PeerAddr, Load: m.Load, Capacity: m.Capacity, TURNAddr: m.TURNAddr}
+}
+
+// MembersChanged looks at the mesh view and, when the super peers agents
+// may use changed, tells every attached agent (wire.MembersChange): which
+// left, were declared dead or began draining, and which (re)joined.
+// Agents learn their alternates when they attach; without this notice an
+// agent would keep offering a departed super peer's relayed address in
+// its contacts, its TURN allocation there dying unnoticed until its next
+// self-probe (up to 15 s), and would try it first on failover. Load
+// changes, which come every second, send nothing.
+func (r *Router) MembersChanged() {
+	now := make(map[ids.PeerID]wire.SuperPeerInfo)
+	for _, m := range r.cfg.Members() {
+		if usable(r.cfg.Self, m) {
+			info := infoOf(m)
+			info.Load, info.Capacity = 0, 0 // not compared, not sent
+			now[m.PeerID] = info
+		}
+	}
+	var ch wire.MembersChange
+	r.usableMu.Lock()
+	first := r.usable == nil
+	for id, info := range r.usable {
+		if cur, ok := now[id]; !ok || cur != info {
+			ch.Gone = append(ch.Gone, info)
+		}
+	}
+	for id, info := range now {
+		if old, ok := r.usable[id]; !ok || old != info {
+			ch.Joined = append(ch.Joined, info)
+		}
+	}
+	r.usable = now
+	r.usableMu.Unlock()
+	if first || (len(ch.Gone) == 0 && len(ch.Joined) == 0) {
+		return
+	}
+	byAddr := func(a, b wire.SuperPeerInfo) int { return strings.Compare(a.PeerAddr, b.PeerAddr) }
+	slices.SortFunc(ch.Gone, byAddr)
+	slices.SortFunc(ch.Joined, byAddr)
+	body, err := wire.Marshal(&ch)
+	if err != nil {
+		r.log.Error().Err(err).Msg("members change notice")
+		return
+	}
+	r.mu.RLock()
+	conns := make([]*link.Conn, 0, len(r.attached))
+	for _, c := range r.attached {
+		conns = append(conns, c)
+	}
+	r.mu.RUnlock()
+	if len(conns) == 0 {
+		return
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		// One way: an agent that does not know the type answers with an
+		// error frame, which no request here waits for.
+		f := &wire.Frame{Header: wire.Header{Type: wire.TypeMembers}, Body: body}
+		sent := 0
+		for _, c := range conns {
+			if c.Send(f) == nil {
+				sent++
+			}
+		}
+		r.m.membersNotices.Add(float64(sent))
+		r.log.Info().Int("gone", len(ch.Gone)).Int("joined", len(ch.Joined)).Int("agents", sent).
+			Msg("told attached agents of a change among the super peers")
+	}()
+}
+
 // candidates returns the least-loaded other super peer with room (nil if
 // none) and up to four alternates, least loaded first.
 func (r *Router) candidates() (*wire.SuperPeerInfo, []wire.SuperPeerInfo) {
 	var others []wire.SuperPeerInfo
 	for _, m := range r.cfg.Members() {
-		if m.PeerID == r.cfg.Self || m.PeerAddr == "" {
-			continue
+		if usable(r.cfg.Self, m) {
+			others = append(others, infoOf(m))
 		}
-		others = append(others, wire.SuperPeerInfo{PeerID: m.PeerID, PeerAddr: m.PeerAddr, Load: m.Load, Capacity: m.Capacity, TURNAddr: m.TURNAddr})
 	}
 	sort.Slice(others, func(i, j int) bool {
 		ri := float64(others[i].Load) / float64(max(others[i].Capacity, 1))
