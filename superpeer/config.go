@@ -101,6 +101,14 @@ type Config struct {
 	// EdgeMinExpires is the shortest registration the edge accepts
 	// (default 60s; tests use less).
 	EdgeMinExpires time.Duration
+	// EdgeMaxConns and EdgeMaxConnsPerIP bound the phones' TCP and TLS
+	// connections at the edge, in all and from one IP address (0: the
+	// edge's defaults, 4096 and 64).
+	EdgeMaxConns      int
+	EdgeMaxConnsPerIP int
+	// EdgeConnSilence is how long a phone connection may stay silent
+	// before its first bytes (0: the edge's default, 20s).
+	EdgeConnSilence time.Duration
 
 	// STUN and TURN (ARCHITECTURE.md §7). TURNPort is the UDP and TCP port
 	// (default 3478; -1: ephemeral). TURNUDP and TURNTCP, if set, are used
@@ -155,6 +163,9 @@ func (c *Config) setDefaults() error {
 	}
 	if (c.SIPSCertFile == "") != (c.SIPSKeyFile == "") {
 		return errors.New("sips certificate and key files go together")
+	}
+	if c.EdgeMaxConns < 0 || c.EdgeMaxConnsPerIP < 0 || c.EdgeConnSilence < 0 {
+		return fmt.Errorf("edge connection limits %d, %d per address, silence %s: must not be negative", c.EdgeMaxConns, c.EdgeMaxConnsPerIP, c.EdgeConnSilence)
 	}
 	if c.EdgeMaxInFlight < 0 {
 		return fmt.Errorf("edge max in-flight %d: must not be negative", c.EdgeMaxInFlight)

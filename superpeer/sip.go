@@ -48,6 +48,7 @@ func (n *Node) buildEdge(cert tls.Certificate, advertised string) error {
 		TLS:   tls.NewListener(cfg.SIPTLS, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}),
 		Store: n.store, Router: n.router,
 		MaxInFlight: cfg.EdgeMaxInFlight, MaxWaiting: cfg.EdgeMaxWaiting, ForeignDomain: foreign, MinExpires: cfg.EdgeMinExpires,
+		MaxConns: cfg.EdgeMaxConns, MaxConnsPerIP: cfg.EdgeMaxConnsPerIP, ConnSilence: cfg.EdgeConnSilence,
 		Log: n.log,
 	})
 	if err != nil {

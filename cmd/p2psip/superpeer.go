@@ -17,6 +17,7 @@ import (
 	"github.com/p2psip/p2psip/common/gctune"
 	"github.com/p2psip/p2psip/common/logx"
 	"github.com/p2psip/p2psip/superpeer"
+	"github.com/p2psip/p2psip/superpeer/edge"
 )
 
 // superpeerFlags are the flags of `p2psip superpeer`, each also settable
@@ -49,6 +50,12 @@ func superpeerFlags() []cli.Flag {
 			Usage: "`N` SIP requests the edge handles at once; past it, 503 with Retry-After"}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "sip-max-waiting", EnvVars: env("sip-max-waiting"),
 			Usage: "`N` proxied SIP requests waiting for their answers at once (default 64 × --sip-max-inflight); past it, 503"}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "sip-max-conns", Value: edge.DefaultMaxConns, EnvVars: env("sip-max-conns"),
+			Usage: "`N` phone TCP and TLS connections at the SIP edge in all (each holds about 70 KiB); past it, new ones are closed"}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "sip-max-conns-per-ip", Value: edge.DefaultMaxConnsPerIP, EnvVars: env("sip-max-conns-per-ip"),
+			Usage: "`N` phone TCP and TLS connections at the SIP edge from one IP address; past it, new ones are closed"}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "sip-conn-silence", Value: edge.DefaultConnSilence, EnvVars: env("sip-conn-silence"),
+			Usage: "`DURATION` a phone TCP or TLS connection may stay silent (no handshake, no request) before it is closed"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "sip-foreign-domain", Value: "403", EnvVars: env("sip-foreign-domain"),
 			Usage: "edge answer (`403` or 404) to requests for domains other than the overlay"}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "turn-port", Value: 3478, EnvVars: env("turn-port"),
@@ -135,13 +142,16 @@ func runSuperpeer(c *cli.Context) error {
 		PromotionMinUptime: c.Duration("promotion-min-uptime"),
 		PromotionRatio:     c.Int("promotion-ratio"),
 
-		SIPPort:         cliPort(c.Int("sip-port")),
-		SIPSPort:        cliPort(c.Int("sips-port")),
-		SIPSCertFile:    c.Path("sips-cert-file"),
-		SIPSKeyFile:     c.Path("sips-key-file"),
-		EdgeMaxInFlight: c.Int("sip-max-inflight"),
-		EdgeMaxWaiting:  c.Int("sip-max-waiting"),
-		ForeignDomain:   c.String("sip-foreign-domain"),
+		SIPPort:           cliPort(c.Int("sip-port")),
+		SIPSPort:          cliPort(c.Int("sips-port")),
+		SIPSCertFile:      c.Path("sips-cert-file"),
+		SIPSKeyFile:       c.Path("sips-key-file"),
+		EdgeMaxInFlight:   c.Int("sip-max-inflight"),
+		EdgeMaxWaiting:    c.Int("sip-max-waiting"),
+		EdgeMaxConns:      c.Int("sip-max-conns"),
+		EdgeMaxConnsPerIP: c.Int("sip-max-conns-per-ip"),
+		EdgeConnSilence:   c.Duration("sip-conn-silence"),
+		ForeignDomain:     c.String("sip-foreign-domain"),
 
 		TURNPort:           cliPort(c.Int("turn-port")),
 		TURNMaxAllocations: c.Int("turn-max-allocations"),

@@ -309,6 +309,9 @@ func superpeerChecks() []check {
 		}},
 		intRange("sip-max-inflight", 1, maxInt),
 		intRange("sip-max-waiting", 0, maxInt),
+		intRange("sip-max-conns", 1, maxInt),
+		intRange("sip-max-conns-per-ip", 1, maxInt),
+		durationKey("sip-conn-silence", 100*time.Millisecond, "at least 100ms"),
 		oneOf("sip-foreign-domain", "403", "404"),
 		{"turn-relay-ports", func(c *cli.Context) string {
 			if _, _, err := relayPorts(c.String("turn-relay-ports")); err != nil {

@@ -167,7 +167,9 @@ func clipAttr(a slog.Attr) slog.Attr {
 // (sipgo's package-level warnings, e.g. about its connection reference
 // counts) and the standard log package through l, so that they come out
 // in the process's format, level and sampling instead of as bare text on
-// stderr between JSON lines.
+// stderr between JSON lines. They are throttled: sipgo's TCP and TLS
+// transports log there (their logger cannot be set), a line or more for
+// every connection a stranger opens and lets time out.
 func SetDefault(l zerolog.Logger) {
-	slog.SetDefault(Slog(l.With().Str("lib", "default").Logger()))
+	slog.SetDefault(Slog(Throttle(l.With().Str("lib", "default").Logger())))
 }

@@ -34,13 +34,16 @@
 // Tests: TestTopology (the network itself, no agent), TestCallsAcrossNATs
 // (scenario 1 of issue 6), TestSuperPeerKilledDuringCalls (2),
 // TestTURNFallback (3), TestEdgePhone (4), TestPromotion (5),
-// TestPacketLoss (6), and TestRollingRestart (issue 8: every super peer
-// in turn drained with SIGTERM and restarted, with records checked and
-// calls placed between restarts), and TestEdgeFlood (a stranger on the
-// public segment floods a super peer's SIP edge with hostile and
-// malformed SIP while calls cross it). Packet loss uses tc netem where the kernel has sch_netem, and otherwise an
-// iptables statistic match on the same link (this machine's kernel has no
-// netem).
+// TestPacketLoss (6), TestRollingRestart (issue 8: every super peer in
+// turn drained with SIGTERM and restarted, with records checked, no TURN
+// allocation left on the draining one, and calls placed between
+// restarts), TestEdgeFlood (a stranger on the public segment floods a
+// super peer's SIP edge with hostile and malformed SIP while calls cross
+// it) and TestEdgeConnFlood (the stranger opens silent TCP and TLS
+// connections past the per-address limit while a phone on another host
+// registers over TCP). Packet loss uses tc netem where the kernel has
+// sch_netem, and otherwise an iptables statistic match on the same link
+// (this machine's kernel has no netem).
 //
 // The p2psip binary is built once per run from this checkout;
 // P2PSIP_E2E_BINARY=PATH tests a prebuilt one instead.

@@ -5,8 +5,10 @@ package netns
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -121,4 +123,123 @@ func scrape(t *testing.T, o *Overlay, sp *SuperPeer) map[string]float64 {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// TestEdgeConnFlood: a stranger on the public segment (the phone host)
+// opens TCP and TLS connections to a super peer's SIP edge and says
+// nothing, far more than one address may hold. The edge closes those past
+// its per-address limit at once and the admitted ones once they stay
+// silent past --sip-conn-silence, so they hold no descriptors, goroutines
+// or read buffers; meanwhile a phone on another public host registers
+// over TCP with digest authentication, and once the silent ones are gone
+// the stranger may connect again.
+func TestEdgeConnFlood(t *testing.T) {
+	const (
+		tcpConns, tlsConns = 200, 50
+		perIP              = 64
+		silence            = 2 * time.Second
+	)
+	RequireAgent(t)
+	o := StartOverlayWith(t, NewTopology(t), []string{"--sip-max-conns-per-ip", strconv.Itoa(perIP),
+		"--sip-conn-silence", silence.String()}, SP1, SP2, SP3)
+	sp := o.SP(SP1)
+	ctx := context.Background()
+	linesBefore := countLines(t, sp.Proc.Log)
+
+	// The stranger's connections, each held open and silent.
+	var conns, all []net.Conn
+	t.Cleanup(func() {
+		for _, c := range all {
+			c.Close()
+		}
+	})
+	open := func(n int, port int) {
+		t.Helper()
+		for range n {
+			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			c, err := DialIn(dctx, o.NS(Phone), "tcp", net.JoinHostPort(sp.IP, strconv.Itoa(port)))
+			cancel()
+			if err != nil {
+				t.Fatalf("connect from %s: %v", Phone, err)
+			}
+			conns = append(conns, c)
+			all = append(all, c)
+		}
+	}
+	start := time.Now()
+	open(tcpConns, EdgeSIP)
+	open(tlsConns, EdgeSIPS)
+	// closedNow counts the stranger's connections the edge has closed
+	// (a read returns at once with EOF or a reset; a live one times out).
+	closedNow := func() int {
+		n := 0
+		for _, c := range conns {
+			c.SetReadDeadline(time.Now().Add(time.Millisecond))
+			_, err := c.Read(make([]byte, 1))
+			var ne net.Error
+			if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
+				n++
+			}
+		}
+		return n
+	}
+	Eventually(t, 5*time.Second, "the connections past the per-address limit closed", func() error {
+		if n := closedNow(); n < tcpConns+tlsConns-perIP {
+			return fmt.Errorf("%d of %d closed", n, tcpConns+tlsConns)
+		}
+		return nil
+	})
+	refused := time.Since(start)
+
+	// A phone on another host is served meanwhile.
+	username, password := o.Secrets(t, "dave")
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err := o.register(rctx, "register_auth.xml", Public, PublicIP, UASPort, "dave", o.Name, sipAddr(sp.IP, EdgeSIP),
+		"-au", username, "-ap", password, "-t", "t1")
+	cancel()
+	if err != nil {
+		t.Fatalf("phone registering over TCP during the flood: %v", err)
+	}
+	m := scrape(t, o, sp)
+	if got := m[`p2psip_sip_connections_refused_total{limit="per_ip"}`]; got < tcpConns+tlsConns-perIP {
+		t.Errorf("%s counted %v connections refused per address, want at least %d", sp.Host, got, tcpConns+tlsConns-perIP)
+	}
+
+	// The admitted ones go once silent past the bound.
+	Eventually(t, silence+10*time.Second, "the silent connections closed", func() error {
+		if n := closedNow(); n < len(conns) {
+			return fmt.Errorf("%d of %d closed", n, len(conns))
+		}
+		return nil
+	})
+	m = scrape(t, o, sp)
+	if got := m["p2psip_sip_connections_silent_total"]; got < perIP {
+		t.Errorf("%s counted %v silent connections, want at least %d", sp.Host, got, perIP)
+	}
+	if got := m["p2psip_sip_connections"]; got != 0 {
+		t.Errorf("%s holds %v phone connections after the flood, want 0", sp.Host, got)
+	}
+	// Their places are free again (checked well within the silence bound,
+	// which would close these too).
+	conns = conns[:0]
+	open(perIP, EdgeSIP)
+	Eventually(t, silence/2, "the new connections admitted", func() error {
+		if got := scrape(t, o, sp)["p2psip_sip_connections"]; got != perIP {
+			return fmt.Errorf("%v phone connections open, want %d", got, perIP)
+		}
+		return nil
+	})
+	if n := closedNow(); n != 0 {
+		t.Fatalf("%d of the %d connections made after the flood were closed", n, perIP)
+	}
+	if s, err := o.Status(sp); err != nil || !s.Ready {
+		t.Fatalf("%s after the flood: %+v %v", sp.Host, s, err)
+	}
+	lines := countLines(t, sp.Proc.Log) - linesBefore
+	if lines > 200 {
+		t.Errorf("%s wrote %d log lines for %d refused or silent connections", sp.Host, lines, tcpConns+tlsConns)
+	}
+	t.Logf("SUMMARY %s: %d TCP + %d TLS silent connections from one address to %s's edge: %v refused at accept within %s (limit %d per address), %v closed silent after %s; a TCP phone from another host registered meanwhile; %d log lines",
+		t.Name(), tcpConns, tlsConns, sp.Host, m[`p2psip_sip_connections_refused_total{limit="per_ip"}`], refused.Round(time.Millisecond),
+		perIP, m["p2psip_sip_connections_silent_total"], silence, lines)
 }

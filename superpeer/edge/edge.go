@@ -72,6 +72,14 @@ type Config struct {
 	// MinExpires is the shortest registration accepted (0: 60s); tests
 	// use shorter ones.
 	MinExpires time.Duration
+	// MaxConns bounds the phones' TCP and TLS connections together,
+	// MaxConnsPerIP those from one IP address; past them a new connection
+	// is closed at once. ConnSilence is how long a connection may stay
+	// silent before its first bytes (a TLS one: its handshake included).
+	// 0 means DefaultMaxConns, DefaultMaxConnsPerIP, DefaultConnSilence.
+	MaxConns      int
+	MaxConnsPerIP int
+	ConnSilence   time.Duration
 
 	Log zerolog.Logger
 	// Now is the clock; nil means time.Now.
@@ -87,6 +95,7 @@ type Edge struct {
 	router *siproute.Router
 	flows  *flowWatch
 	ls     siproute.Listeners
+	conns  *connLimits
 	txid   atomic.Uint64
 	stats  counters
 }
@@ -149,11 +158,12 @@ func build(cfg Config) (*Edge, error) {
 		uc.SetReadBuffer(4 << 20)  //nolint:errcheck // best effort
 		uc.SetWriteBuffer(4 << 20) //nolint:errcheck
 	}
+	e.conns = newConnLimits(cfg.MaxConns, cfg.MaxConnsPerIP, cfg.ConnSilence, e.log)
 	if cfg.TCP != nil {
-		e.ls.TCP = e.flows.wrap(cfg.TCP, "TCP", nil)
+		e.ls.TCP = e.flows.wrap(cfg.TCP, "TCP", e.conns, nil)
 	}
 	if cfg.TLS != nil {
-		e.ls.TLS = e.flows.wrap(cfg.TLS, "TLS", e.refuseTLS)
+		e.ls.TLS = e.flows.wrap(cfg.TLS, "TLS", e.conns, e.refuseTLS)
 	}
 	return e, nil
 }

@@ -23,11 +23,12 @@ type flow struct{ transport, source string }
 
 func newFlowWatch() *flowWatch { return &flowWatch{wake: make(chan struct{}, 1)} }
 
-// wrap returns l with connections that report their close. refuse, if
-// set, is asked about each accepted connection's remote address; refused
-// connections are closed at once.
-func (w *flowWatch) wrap(l net.Listener, transport string, refuse func(net.Addr) bool) net.Listener {
-	return &flowListener{Listener: l, w: w, transport: transport, refuse: refuse}
+// wrap returns l with connections that report their close and stay
+// within limits. refuse, if set, is asked about each accepted
+// connection's remote address; refused connections, and those past the
+// limits, are closed at once.
+func (w *flowWatch) wrap(l net.Listener, transport string, limits *connLimits, refuse func(net.Addr) bool) net.Listener {
+	return &flowListener{Listener: l, w: w, transport: transport, limits: limits, refuse: refuse}
 }
 
 // add queues a closed flow; it never blocks (sipgo's reader calls it).
@@ -53,6 +54,7 @@ type flowListener struct {
 	net.Listener
 	w         *flowWatch
 	transport string
+	limits    *connLimits
 	refuse    func(net.Addr) bool
 }
 
@@ -66,7 +68,15 @@ func (l *flowListener) Accept() (net.Conn, error) {
 			c.Close()
 			continue
 		}
-		return &flowConn{Conn: c, w: l.w, f: flow{transport: l.transport, source: c.RemoteAddr().String()}}, nil
+		ip, why := l.limits.admit(c.RemoteAddr())
+		if why != "" {
+			c.Close()
+			l.limits.log.Warn().Str("remote_addr", c.RemoteAddr().String()).Str("transport", l.transport).
+				Str("reason", why).Msg("phone connection refused")
+			continue
+		}
+		// The limits' wrapper is inside: flowConn's Close reaches it.
+		return &flowConn{Conn: l.limits.wrap(c, ip), w: l.w, f: flow{transport: l.transport, source: c.RemoteAddr().String()}}, nil
 	}
 }
 

@@ -37,13 +37,20 @@ var (
 		"Failed quorum writes for REGISTERs (each a 503 for its REGISTERs).", nil, nil)
 	descBindings = prometheus.NewDesc("p2psip_registrar_bindings",
 		"Live bindings of phones registered at this super peer's SIP edge.", nil, nil)
+	descConns = prometheus.NewDesc("p2psip_sip_connections",
+		"Phones' TCP and TLS connections open at the SIP edge.", nil, nil)
+	descConnsRefused = prometheus.NewDesc("p2psip_sip_connections_refused_total",
+		"Phone connections closed on accept, by limit: total (--sip-max-conns) or per_ip (--sip-max-conns-per-ip).", []string{"limit"}, nil)
+	descConnsSilent = prometheus.NewDesc("p2psip_sip_connections_silent_total",
+		"Phone connections closed because nothing (no TLS handshake, no request) came within the silence bound.", nil, nil)
 )
 
 type collector struct{ e *Edge }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descForwarded, descRejected, descOverload, descBranches, descForks, descTunnel,
-		descTunnelDropped, descTunnelErrors, descRegisters, descRegWrites, descRegBusy, descRegStoreFailed, descBindings} {
+		descTunnelDropped, descTunnelErrors, descRegisters, descRegWrites, descRegBusy, descRegStoreFailed, descBindings,
+		descConns, descConnsRefused, descConnsSilent} {
 		ch <- d
 	}
 }
@@ -72,4 +79,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descRegBusy, r.Busy)
 	counter(descRegStoreFailed, r.StoreFailed)
 	ch <- prometheus.MustNewConstMetric(descBindings, prometheus.GaugeValue, float64(c.e.reg.Bindings()))
+	ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(c.e.conns.Open()))
+	counter(descConnsRefused, c.e.conns.refusedMax.Load(), "total")
+	counter(descConnsRefused, c.e.conns.refusedPerIP.Load(), "per_ip")
+	counter(descConnsSilent, c.e.conns.silent.Load())
 }
