@@ -1,13 +1,20 @@
 package overlay
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/p2psip/p2psip/common/ids"
+	"github.com/p2psip/p2psip/common/record"
+	"github.com/p2psip/p2psip/common/wire"
 	"github.com/p2psip/p2psip/e2e/harness"
+	"github.com/p2psip/p2psip/e2e/harness/phone"
 	"github.com/p2psip/p2psip/superpeer"
+	"github.com/p2psip/p2psip/superpeer/store"
 )
 
 // TestAgentFollowsMembers: a super peer tells its agents when super peers
@@ -105,4 +112,86 @@ func TestAgentFollowsMembers(t *testing.T) {
 	if notices < 3 {
 		t.Errorf("super peers counted %v members notices, want at least 3 (drain, death, join)", notices)
 	}
+}
+
+// TestAgentRepublishes: bob's super peer dies together with every
+// replica of bob's location and peer records (replicas 2 of 6 super
+// peers). Bob's agent fails over to a survivor at once, but its writes
+// fail there: no replica of those records is alive, and the mesh has not
+// declared them dead yet. The agent holds the truth (its phone's
+// binding), so it retries until the records are stored on the new
+// replicas; without that, calls to bob would fail until its hourly
+// refresh or his phone's next REGISTER.
+func TestAgentRepublishes(t *testing.T) {
+	o := harness.New(t)
+	o.Tune = func(c *superpeer.Config) { c.Replicas = 2 }
+	sps := make([]*harness.SP, 6)
+	var bootstrap []string
+	for i := range sps {
+		sps[i] = o.Start()
+		bootstrap = append(bootstrap, sps[i].Node.PeerAddr())
+	}
+	o.WaitConverged(15 * time.Second)
+	cfg := o.AgentConfig("bob", sps[0])
+	cfg.Bootstrap = bootstrap // the survivors may not be among its alternates
+	b := o.RunAgent("bob", cfg)
+	bob := agentPhone(t, o, "bob", "bob", b)
+	phone.MustRegister(t, bob)
+
+	aor := "sip:bob@" + o.Name
+	members := make([]ids.PeerID, len(sps))
+	byID := map[ids.PeerID]*harness.SP{}
+	for i, sp := range sps {
+		members[i], byID[sp.Node.ID()] = sp.Node.ID(), sp
+	}
+	att, _ := b.Uplink().Attachment()
+	doomed := map[ids.PeerID]bool{att.SP: true}
+	for _, r := range []*record.Record{{Kind: record.KindLocation, Name: aor}, {Kind: record.KindPeer, Name: b.ID().String()}} {
+		for _, p := range store.Place(r.ResourceID(), members, 2) {
+			doomed[p] = true
+		}
+	}
+	var survivor *harness.SP
+	for _, sp := range sps {
+		if !doomed[sp.Node.ID()] {
+			survivor = sp
+		}
+	}
+	killed := time.Now()
+	for id := range doomed {
+		o.Kill(byID[id])
+	}
+	t.Logf("killed bob's super peer and every replica of his records: %d of %d super peers", len(doomed), len(sps))
+
+	obs, err := o.Dial(survivor, o.Credentials("observer"), wire.RoleClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer obs.Close()
+	harness.Eventually(t, 30*time.Second, func() error {
+		cur, ok := b.Uplink().Attachment()
+		if !ok || doomed[cur.SP] {
+			return errors.New("bob's agent not attached to a survivor")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		rec, err := obs.Get(ctx, record.KindLocation, aor)
+		if err != nil {
+			return fmt.Errorf("bob's location record: %w", err)
+		}
+		if cs := liveContacts(rec); len(cs) != 1 || cs[0].SP != cur.SP {
+			return fmt.Errorf("bob's contacts %+v, want one naming %s", cs, cur.SP.Short())
+		}
+		prec, err := obs.Get(ctx, record.KindPeer, b.ID().String())
+		if err != nil {
+			return fmt.Errorf("bob's peer record: %w", err)
+		}
+		for _, e := range prec.Live(time.Now()).Entries {
+			if e.Peer != nil && e.Peer.SP == cur.SP {
+				return nil
+			}
+		}
+		return fmt.Errorf("bob's peer record does not name %s", cur.SP.Short())
+	})
+	t.Logf("bob's contact and peer record stored again %s after the kills", time.Since(killed).Round(time.Millisecond))
 }

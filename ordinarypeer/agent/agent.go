@@ -297,18 +297,13 @@ func (a *Agent) attachment() registrar.Attachment {
 // attached re-stores the peer record and every phone contact with the new
 // attachment, so routing to this agent works at once after a failover.
 func (a *Agent) attached(ctx context.Context, att uplink.Attachment) {
+	a.kickRelay() // the allocation must not sit on the new attachment
 	// Routing first: every millisecond the overlay still names the old
 	// super peer, calls to this phone fail.
-	if err := a.storePeerRecord(ctx); err != nil {
-		a.log.Warn().Err(err).Msg("store peer record")
-	}
-	if err := a.reg.Restore(ctx); err != nil {
-		a.log.Warn().Err(err).Msg("re-store contacts")
-	}
+	a.publish(ctx, "attached")
 	if att.Reattach > 0 {
 		a.log.Info().Dur("reattach", att.Reattach).Str("sp_id", att.SP.Short()).Msg("failover done")
 	}
-	a.kickRelay() // the allocation must not sit on the new attachment
 	// NAT discovery may wait seconds on a STUN server that just died (the
 	// alternates still list it until the mesh notices); its result only
 	// refines the peer record, so it runs last.
@@ -318,6 +313,46 @@ func (a *Agent) attached(ctx context.Context, att uplink.Attachment) {
 		}
 	}
 	a.kickPromotion() // role auto: ask with the addresses just learnt
+}
+
+// publishFor bounds publish's retries; past it the periodic refresh and
+// the phones' next REGISTERs are left to repair the records.
+const publishFor = 2 * time.Minute
+
+// publish stores the peer record and re-stores the phones' contacts with
+// the current attachment and relayed address, retrying (200 ms doubling
+// to 5 s) while the overlay refuses: a write fails when no write quorum
+// of a record's replicas is reachable, e.g. when they died with our super
+// peer and the mesh has not declared them dead yet. The agent holds the
+// truth about its phones, so it must not give up after one try: until the
+// records are stored the overlay names the old super peer or has no
+// contact at all, and calls to the phones fail.
+func (a *Agent) publish(ctx context.Context, why string) {
+	backoff := 200 * time.Millisecond
+	until := time.Now().Add(publishFor)
+	for tries := 1; ; tries++ {
+		err := errors.Join(a.storePeerRecord(ctx), a.reg.Restore(ctx))
+		if err == nil {
+			if tries > 1 {
+				a.log.Info().Str("why", why).Int("tries", tries).Msg("peer record and contacts stored")
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Now().After(until) {
+			a.log.Error().Err(err).Str("why", why).Int("tries", tries).Msg("peer record and contacts not stored; giving up until the next refresh")
+			return
+		}
+		a.log.Warn().Err(err).Str("why", why).Dur("retry_in", backoff).Msg("peer record and contacts not stored")
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
 }
 
 func (a *Agent) storePeerRecord(ctx context.Context) error {

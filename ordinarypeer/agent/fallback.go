@@ -793,6 +793,11 @@ func (a *Agent) kickRelay() {
 // record are re-stored with it.
 func (a *Agent) runRelay(ctx context.Context) error {
 	defer a.fb.Close()
+	// Closing also ends an allocation attempt in flight: pion retransmits
+	// to a dead TURN server for about 8 s, and the agent's shutdown would
+	// wait for it.
+	stop := context.AfterFunc(ctx, a.fb.Close)
+	defer stop()
 	t := time.NewTicker(ensureEvery)
 	defer t.Stop()
 	for {
@@ -812,12 +817,7 @@ func (a *Agent) runRelay(ctx context.Context) error {
 			a.log.Warn().Err(err).Msg("TURN allocation")
 		}
 		if changed && ctx.Err() == nil {
-			if err := a.storePeerRecord(ctx); err != nil {
-				a.log.Warn().Err(err).Msg("store peer record")
-			}
-			if err := a.reg.Restore(ctx); err != nil {
-				a.log.Warn().Err(err).Msg("re-store contacts")
-			}
+			a.publish(ctx, "relayed address changed")
 		}
 	}
 }

@@ -119,6 +119,9 @@ type Relay struct {
 	mu     sync.Mutex // guards the fields below
 	cur    *alloc
 	closed bool
+	// trying: clients of allocations under way, closed by Close so that
+	// it does not wait out pion's retransmissions to a dead server.
+	trying map[*turn.Client]net.PacketConn
 
 	allocs, failures, out, in, dropped, probes, lost atomic.Uint64
 }
@@ -391,6 +394,23 @@ func (r *Relay) allocate(server string, permits []string) (*alloc, error) {
 		sock.Close()
 		return nil, err
 	}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		c.Close()
+		sock.Close()
+		return nil, net.ErrClosed
+	}
+	if r.trying == nil {
+		r.trying = make(map[*turn.Client]net.PacketConn)
+	}
+	r.trying[c] = sock
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.trying, c) // a no-op once Close took the map
+		r.mu.Unlock()
+	}()
 	if err := c.Listen(); err != nil {
 		c.Close()
 		sock.Close()
@@ -470,12 +490,21 @@ func (r *Relay) Send(to string, payload []byte) error {
 	return nil
 }
 
-// Close deallocates.
+// Close deallocates, and ends any allocation under way. It may be called
+// more than once, concurrently with Ensure.
 func (r *Relay) Close() {
 	r.mu.Lock()
 	al := r.cur
 	r.cur, r.closed = nil, true
+	trying := r.trying
+	r.trying = nil
 	r.mu.Unlock()
+	for c, sock := range trying {
+		// Its Allocate returns at once, whichever transaction it is in;
+		// allocate closes them again, which is harmless.
+		c.Close()
+		sock.Close()
+	}
 	if al != nil {
 		al.close()
 	}

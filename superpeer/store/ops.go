@@ -128,7 +128,10 @@ func (s *Store) write(ctx context.Context, rec *record.Record, w Writer, echo bo
 			acks <- a
 			continue
 		}
-		st.wg.Add(1)
+		if !st.begin() {
+			acks <- ack{err: ErrNotRunning}
+			continue
+		}
 		st.work.run(func() {
 			defer st.wg.Done()
 			body, err := encode()
@@ -238,7 +241,10 @@ func (s *Store) Get(ctx context.Context, kind record.Kind, name string) (rec *re
 			replies <- reply{from: p, rec: s.local.get(rid)}
 			continue
 		}
-		st.wg.Add(1)
+		if !st.begin() {
+			replies <- reply{from: p, err: ErrNotRunning}
+			continue
+		}
 		st.work.run(func() {
 			defer st.wg.Done()
 			r, err := s.read(st.ctx, p, req)
@@ -276,11 +282,12 @@ func (s *Store) Get(ctx context.Context, kind record.Kind, name string) (rec *re
 	if ok == 0 {
 		return nil, wire.Errorf(wire.CodeUnavailable, "no replica of %s answered", rid.Short())
 	}
-	st.wg.Add(1)
-	go func() {
-		defer st.wg.Done()
-		s.readRepair(st.ctx, rid, merged.Clone(), seen, replies, len(replicas))
-	}()
+	if st.begin() { // not when stopping: the answer stands without repair
+		go func() {
+			defer st.wg.Done()
+			s.readRepair(st.ctx, rid, merged.Clone(), seen, replies, len(replicas))
+		}()
+	}
 	live := merged.Live(now)
 	if len(live.Entries) == 0 {
 		return nil, ErrNotFound

@@ -102,6 +102,23 @@ type runState struct {
 	ctx  context.Context
 	wg   *sync.WaitGroup // background replica work started by operations
 	work *workers        // runs the replica requests of reads and writes
+	// mu orders begin's wg.Add before Run's final wg.Wait: an operation
+	// that passed state() just as Run ended would otherwise Add while Wait
+	// may have seen zero (the race detector caught it when super peers
+	// were killed under writes).
+	mu      sync.RWMutex
+	stopped bool
+}
+
+// begin counts one piece of background work; false once Run is ending.
+func (st *runState) begin() bool {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	if st.stopped {
+		return false
+	}
+	st.wg.Add(1)
+	return true
 }
 
 // New builds a store; nothing runs until Run.
@@ -175,10 +192,16 @@ func (s *Store) Replicas(rid ids.ResourceID) []ids.PeerID {
 // every replica request it or an operation started.
 func (s *Store) Run(ctx context.Context) error {
 	wg := &sync.WaitGroup{}
-	if !s.run.CompareAndSwap(nil, &runState{ctx: ctx, wg: wg, work: newWorkers(ctx)}) {
+	st := &runState{ctx: ctx, wg: wg, work: newWorkers(ctx)}
+	if !s.run.CompareAndSwap(nil, st) {
 		return errors.New("store: Run called twice")
 	}
-	defer wg.Wait()
+	defer func() {
+		st.mu.Lock()
+		st.stopped = true
+		st.mu.Unlock()
+		wg.Wait()
+	}()
 	sweep := time.NewTicker(s.cfg.SweepInterval)
 	defer sweep.Stop()
 	ae := time.NewTicker(s.cfg.AntiEntropyInterval)
