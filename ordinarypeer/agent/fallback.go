@@ -41,8 +41,10 @@ import (
 
 const (
 	// recentFor is how long a payload sent over the overlay is kept for a
-	// re-send through the relays if an error frame comes back for it.
-	recentFor = 2 * time.Second
+	// re-send through the relays if an error frame comes back for it:
+	// longer than a super peer takes to give up on a silent link to
+	// another (its 2 s dial bound) plus queueing on a loaded host.
+	recentFor = 5 * time.Second
 	// stickyFor is how long a destination whose overlay path failed is
 	// reached through the relays.
 	stickyFor = 30 * time.Second
@@ -435,7 +437,7 @@ func (s *sender) settle(payload []byte) {
 
 // failed handles an error frame for (dst, txid): the payload is re-sent
 // through the relays and dst becomes sticky. It reports whether it took
-// the payload on; when dst's relayed address is not known yet, it is read
+// the error on; when dst's relayed address is not known yet, it is read
 // from dst's peer record in the background (the caller runs on the
 // uplink's reader and must not block), and dst's tunnel connection is
 // closed if there is none.
@@ -452,7 +454,18 @@ func (s *sender) failed(dst ids.PeerID, txid uint64) bool {
 	addr := s.relays[dst]
 	s.mu.Unlock()
 	if payload == nil {
-		return false
+		// Too old to re-send: a super peer gives up on a silent link only
+		// after its dial bound, and under load its error can come after
+		// recentFor. The request is still in the timeout sweep's hands, on
+		// the relays from now on; closing dst's connection here (the
+		// caller's fallback) would fail its live transactions with 480
+		// although the relays carry them. dst is gone only if it has no
+		// relayed address at all.
+		if addr != "" {
+			s.stick(dst, now)
+			return true
+		}
+		return s.resendLater(dst, nil, "error frame", true)
 	}
 	s.settle(payload)
 	p := keyed{pendingReq: pendingReq{dst: dst, payload: payload, at: now, tries: 1}}

@@ -127,3 +127,21 @@ func TestSenderPruneClearsTail(t *testing.T) {
 		t.Error("second copy of the remaining request not absorbed")
 	}
 }
+
+// An error frame for a payload no longer kept (it came after recentFor:
+// a super peer gives up on a silent link only after its dial bound) is
+// still taken on when the destination has a relayed address: the
+// destination goes sticky, and the agent does not close its connection
+// (that would fail its live transactions with 480 while the relays carry
+// them; a nil router here would panic).
+func TestSenderLateErrorFrame(t *testing.T) {
+	s := newSender(&Agent{})
+	dst := ids.PeerID{7}
+	s.learn(dst, "203.0.113.12:60000")
+	if !s.failed(dst, 12345) {
+		t.Fatal("a late error frame for a destination with a relayed address was not taken on")
+	}
+	if _, sticky := s.relayFor(dst, time.Now()); !sticky {
+		t.Error("the destination is not reached through the relays after the overlay said it is unreachable")
+	}
+}
