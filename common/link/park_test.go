@@ -18,6 +18,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/p2psip/p2psip/common/wait"
 	"github.com/p2psip/p2psip/common/wire"
 )
 
@@ -67,17 +68,6 @@ func tlsPair(t *testing.T) (client, server *tls.Conn) {
 	return client, server
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func echo(c *Conn, f *wire.Frame) { c.Reply(f, f.Body) } //nolint:errcheck
 
 // An idle TLS connection parks its reader and wakes up for the next
@@ -99,7 +89,7 @@ func TestIdleConnectionParksAndWakes(t *testing.T) {
 	defer cancel()
 	for i := range 3 {
 		parks := srv.Parks()
-		waitFor(t, "the reader to park", func() bool { return srv.Parks() > parks })
+		wait.For(t, 10*time.Second, "the reader to park", func() bool { return srv.Parks() > parks })
 		resp, err := cli.Request(ctx, wire.TypeFetch, []byte{byte(i)})
 		if err != nil {
 			t.Fatalf("request %d after parking: %v", i, err)
@@ -115,7 +105,7 @@ func TestIdleConnectionParksAndWakes(t *testing.T) {
 		t.Fatal(err)
 	}
 	parks := srv.Parks()
-	waitFor(t, "the reader to park", func() bool { return srv.Parks() > parks })
+	wait.For(t, 10*time.Second, "the reader to park", func() bool { return srv.Parks() > parks })
 	for _, part := range [][]byte{b[:2], b[2:7], b[7:]} {
 		if _, err := ct.Write(part); err != nil {
 			t.Fatal(err)
@@ -163,7 +153,7 @@ func TestParkedConnectionTimesOutAndSeesClose(t *testing.T) {
 	ct, st = tlsPair(t)
 	srv = New(st, Config{Handler: echo, ParkAfter: 10 * time.Millisecond}, log)
 	srv.Start(context.Background(), func(err error) { ended <- err })
-	waitFor(t, "the reader to park", func() bool { return srv.Parks() > 0 })
+	wait.For(t, 10*time.Second, "the reader to park", func() bool { return srv.Parks() > 0 })
 	ct.Close()
 	select {
 	case err := <-ended:
@@ -211,7 +201,7 @@ func TestParkedConnectionsHoldNoGoroutines(t *testing.T) {
 	// What is left per connection is the watcher: no reader, no writer.
 	buf := make([]byte, 1<<20)
 	var readers, writers int
-	waitFor(t, "readers and writers of idle connections to exit", func() bool {
+	wait.For(t, 10*time.Second, "readers and writers of idle connections to exit", func() bool {
 		stacks := string(buf[:runtime.Stack(buf, true)])
 		readers = countSubstr(stacks, "link.(*Conn).readLoop")
 		writers = countSubstr(stacks, "link.(*Conn).writeLoop")

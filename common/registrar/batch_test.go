@@ -12,6 +12,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/p2psip/p2psip/common/record"
+	"github.com/p2psip/p2psip/common/wait"
 )
 
 const slowAOR = "sip:slow@example.net"
@@ -49,20 +50,9 @@ func queue(t *testing.T, g *Registrar, reqs ...*sip.Request) []chan *sip.Respons
 	for i, req := range reqs {
 		out[i] = make(chan *sip.Response, 1)
 		go func() { out[i] <- g.handle(req) }()
-		waitFor(t, fmt.Sprintf("%d REGISTERs queued", base+i+1), func() bool { return g.queue.queued(slowAOR) == base+i+1 })
+		wait.For(t, 5*time.Second, fmt.Sprintf("%d REGISTERs queued", base+i+1), func() bool { return g.queue.queued(slowAOR) == base+i+1 })
 	}
 	return out
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }
 
 func recv(t *testing.T, c <-chan *sip.Response) *sip.Response {

@@ -13,6 +13,7 @@ import (
 	"github.com/p2psip/p2psip/common/auth"
 	"github.com/p2psip/p2psip/common/ids"
 	"github.com/p2psip/p2psip/common/logx"
+	"github.com/p2psip/p2psip/common/wait"
 	"github.com/p2psip/p2psip/superpeer/relay"
 	"github.com/rs/zerolog"
 )
@@ -239,7 +240,7 @@ func TestLostAllocation(t *testing.T) {
 	if _, err := b.Ensure("", []string{other}, permits); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the first probe's echo", func() bool { return a.Stats().Probes == 1 })
+	wait.For(t, 5*time.Second, "the first probe's echo", func() bool { return a.Stats().Probes == 1 })
 	roundTrip(t, a, b, bIn, "before the restart")
 
 	stop()
@@ -266,15 +267,4 @@ func TestLostAllocation(t *testing.T) {
 		t.Errorf("stats %+v; want 1 lost, 2 allocations", st)
 	}
 	roundTrip(t, b, a, aIn, "after the restart")
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 5 s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

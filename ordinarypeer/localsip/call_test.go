@@ -9,6 +9,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/p2psip/p2psip/common/siproute"
+	"github.com/p2psip/p2psip/common/wait"
 	"github.com/p2psip/p2psip/e2e/harness/phone"
 )
 
@@ -74,11 +75,11 @@ func TestCallAcrossAgents(t *testing.T) {
 				if err := <-hangup; err != nil {
 					t.Fatalf("callee BYE: %v", err)
 				}
-				eventually(t, 5*time.Second, "caller got BYE", func() bool { return alice.Byes.Load() == 1 })
+				wait.For(t, 5*time.Second, "caller got BYE", func() bool { return alice.Byes.Load() == 1 })
 				s.Close()
 			}
 
-			eventually(t, 5*time.Second, "callee got ACK", func() bool { return bob.Acks.Load() == 1 })
+			wait.For(t, 5*time.Second, "callee got ACK", func() bool { return bob.Acks.Load() == 1 })
 			inv := bob.LastInvite()
 			rrs := inv.GetHeaders("Record-Route")
 			if len(rrs) != 2 || !strings.Contains(rrs[0].Value(), b.id.String()) || !strings.Contains(rrs[1].Value(), a.id.String()) {
@@ -100,7 +101,7 @@ func TestCallAcrossAgents(t *testing.T) {
 				}
 				return true
 			}
-			eventually(t, 5*time.Second, "INVITE, ACK and BYE forwarded once by each agent", forwardedOnce)
+			wait.For(t, 5*time.Second, "INVITE, ACK and BYE forwarded once by each agent", forwardedOnce)
 			if bs.MaxHops != 3 || as.MaxHops != 3 || o.maxHops.Load() != 3 {
 				t.Errorf("max hops A=%d B=%d overlay=%d, want 3", as.MaxHops, bs.MaxHops, o.maxHops.Load())
 			}

@@ -11,6 +11,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/p2psip/p2psip/common/record"
+	"github.com/p2psip/p2psip/common/wait"
 	"github.com/p2psip/p2psip/e2e/harness/phone"
 )
 
@@ -28,8 +29,8 @@ func TestCallSameAgent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("call: %v %v", err, codes)
 	}
-	eventually(t, 5*time.Second, "ACK and BYE at the callee", func() bool { return soft.Acks.Load() == 1 && soft.Byes.Load() == 1 })
-	eventually(t, 5*time.Second, "INVITE, ACK and BYE forwarded once", func() bool {
+	wait.For(t, 5*time.Second, "ACK and BYE at the callee", func() bool { return soft.Acks.Load() == 1 && soft.Byes.Load() == 1 })
+	wait.For(t, 5*time.Second, "INVITE, ACK and BYE forwarded once", func() bool {
 		s := a.router.Stats()
 		return s.Forwarded["INVITE"] == 1 && s.Forwarded["ACK"] == 1 && s.Forwarded["BYE"] == 1
 	})
@@ -69,7 +70,7 @@ func TestForking(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the losing branch was not cancelled")
 	}
-	eventually(t, 5*time.Second, "BYE at the winner", func() bool { return bobDesk.Byes.Load() == 1 })
+	wait.For(t, 5*time.Second, "BYE at the winner", func() bool { return bobDesk.Byes.Load() == 1 })
 	s := a.router.Stats()
 	if s.Forks != 1 || s.Branches < 2 || s.Cancels != 1 {
 		t.Errorf("stats %+v", s)
@@ -167,7 +168,7 @@ func TestNotReachable(t *testing.T) {
 		_, err := alice.Call(ctx, aorURI("carol"))
 		res <- err
 	}()
-	eventually(t, 5*time.Second, "INVITE sent into the hole", func() bool { return a.router.Stats().Forwarded["INVITE"] >= 1 })
+	wait.For(t, 5*time.Second, "INVITE sent into the hole", func() bool { return a.router.Stats().Forwarded["INVITE"] >= 1 })
 	start := time.Now()
 	a.router.PeerGone(hole)
 	if err := <-res; phone.ResponseCode(err) != 480 {
@@ -240,7 +241,7 @@ func TestRetransmittedInvite(t *testing.T) {
 	u := newRawUDP(t)
 	inv := rawInvite(u.port(), "1", "sip:bob@example.net")
 	u.send(a.addr(), inv)
-	eventually(t, 5*time.Second, "INVITE at bob", func() bool { return bob.Invites.Load() == 1 })
+	wait.For(t, 5*time.Second, "INVITE at bob", func() bool { return bob.Invites.Load() == 1 })
 	u.send(a.addr(), inv) // the phone's Timer A fired
 	u.send(a.addr(), inv)
 	u.await("SIP/2.0 486", 5*time.Second)

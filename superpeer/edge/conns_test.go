@@ -1,22 +1,21 @@
 package edge
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
+	"crypto/ed25519"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/p2psip/p2psip/common/auth"
+
+	"github.com/p2psip/p2psip/common/wait"
 )
 
 // serveLimited serves l as sipgo does (a reader per connection that
@@ -102,17 +101,6 @@ func closedByServer(c net.Conn, within time.Duration) bool {
 	return err != nil && !(errors.As(err, &ne) && ne.Timeout())
 }
 
-func waitFor(t *testing.T, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestConnLimitPerIP(t *testing.T) {
 	limits, l := serveLimited(t, tcpListener(t), 100, 3, time.Minute)
 	addr := l.Addr().String()
@@ -137,7 +125,7 @@ func TestConnLimitPerIP(t *testing.T) {
 	}
 	// A closed connection frees its place.
 	mine[0].Close()
-	waitFor(t, "the closed connection to be uncounted", func() bool { return limits.Open() == 3 })
+	wait.For(t, 5*time.Second, "the closed connection to be uncounted", func() bool { return limits.Open() == 3 })
 	if err := echoes(dialFrom(t, "127.0.0.2", addr)); err != nil {
 		t.Fatalf("a connection after one closed not served: %v", err)
 	}
@@ -190,7 +178,7 @@ func TestConnSilence(t *testing.T) {
 	if err := echoes(talker); err != nil {
 		t.Fatalf("a connection that had spoken was closed: %v", err)
 	}
-	waitFor(t, "the silent connection to be uncounted", func() bool { return limits.Open() == 1 })
+	wait.For(t, 5*time.Second, "the silent connection to be uncounted", func() bool { return limits.Open() == 1 })
 }
 
 // Over TLS the bound covers the handshake: a client that connects and
@@ -199,7 +187,7 @@ func TestConnSilence(t *testing.T) {
 func TestConnSilenceTLS(t *testing.T) {
 	const silence = 300 * time.Millisecond
 	raw := tcpListener(t)
-	limits, l := serveLimited(t, tls.NewListener(raw, &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}), 100, 100, silence)
+	limits, l := serveLimited(t, tls.NewListener(raw, &tls.Config{Certificates: []tls.Certificate{nodeCert(t)}}), 100, 100, silence)
 	addr := l.Addr().String()
 	stalled := dialFrom(t, "127.0.0.2", addr)
 	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
@@ -224,17 +212,16 @@ func TestConnSilenceTLS(t *testing.T) {
 	}
 }
 
-func selfSigned(t *testing.T) tls.Certificate {
+// nodeCert is a certificate like a super peer's own (Ed25519, self-signed).
+func nodeCert(t *testing.T) tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	_, key, err := ed25519.GenerateKey(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "edge.test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	cert, err := auth.SelfSignedCertificate(key, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return cert
 }

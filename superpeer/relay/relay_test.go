@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/p2psip/p2psip/common/auth"
+	"github.com/p2psip/p2psip/common/wait"
 )
 
 func TestSTUNBindingWithoutCredentials(t *testing.T) {
@@ -119,7 +120,7 @@ func TestAllocateAndRelayRoundTrip(t *testing.T) {
 			if err := relay.Close(); err != nil {
 				t.Fatal(err)
 			}
-			eventually(t, 2*time.Second, "allocation released", func() bool {
+			wait.For(t, 2*time.Second, "allocation released", func() bool {
 				return ts.Allocations() == 0 && ts.quota.held("alice") == 0
 			})
 		})
@@ -219,7 +220,7 @@ func TestQuotaPerUser(t *testing.T) {
 	if err := relays[0].Close(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 2*time.Second, "alice's unit released", func() bool { return ts.quota.held("alice") == 1 })
+	wait.For(t, 2*time.Second, "alice's unit released", func() bool { return ts.quota.held("alice") == 1 })
 	if _, err := allocate(t, newClient(t, ts, alice.Username, alice.Password, false)); err != nil {
 		t.Fatalf("allocation after release: %v", err)
 	}
@@ -260,7 +261,7 @@ func TestAllocationEndsRelease(t *testing.T) {
 		if ts.quota.held("alice") != 1 || ts.Allocations() != 1 {
 			t.Fatalf("held %d, allocations %d", ts.quota.held("alice"), ts.Allocations())
 		}
-		eventually(t, 5*time.Second, "expired allocation released", func() bool {
+		wait.For(t, 5*time.Second, "expired allocation released", func() bool {
 			return ts.quota.held("alice") == 0 && ts.Allocations() == 0
 		})
 	})
@@ -287,7 +288,7 @@ func TestAllocationEndsRelease(t *testing.T) {
 		c.Close()
 		_ = conn.Close()
 		_ = relay.Close() // stops the client's refresh timers; its Refresh goes nowhere
-		eventually(t, 5*time.Second, "allocation of a closed TCP connection released", func() bool {
+		wait.For(t, 5*time.Second, "allocation of a closed TCP connection released", func() bool {
 			return ts.quota.held("alice") == 0 && ts.Allocations() == 0
 		})
 	})
@@ -326,7 +327,7 @@ func TestAllocationEndsRelease(t *testing.T) {
 		if code := errorCode(res); code != 0 {
 			t.Fatalf("Refresh 0: error %v", code)
 		}
-		eventually(t, 2*time.Second, "deallocated", func() bool { return ts.quota.held("alice") == 0 })
+		wait.For(t, 2*time.Second, "deallocated", func() bool { return ts.quota.held("alice") == 0 })
 	})
 }
 
@@ -624,7 +625,7 @@ func TestUDPSocketsSpreadClients(t *testing.T) {
 	}
 	const sockets, clients = 4, 16
 	ts := startServer(t, func(c *Config) { c.AllowLoopback = true; c.UDPSockets = sockets })
-	eventually(t, 5*time.Second, "udp sockets bound", func() bool { return ts.Allocations() == 0 && ts.udpCount() == sockets })
+	wait.For(t, 5*time.Second, "udp sockets bound", func() bool { return ts.Allocations() == 0 && ts.udpCount() == sockets })
 	for _, pc := range ts.udpConns() {
 		if pc.LocalAddr().String() != ts.udp.String() {
 			t.Fatalf("socket on %s, want %s", pc.LocalAddr(), ts.udp)
