@@ -6,6 +6,7 @@ package client
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/p2psip/p2psip/common/ids"
 	"github.com/p2psip/p2psip/common/link"
 	"github.com/p2psip/p2psip/common/record"
 	"github.com/p2psip/p2psip/common/wire"
@@ -39,6 +41,9 @@ type Config struct {
 type Session struct {
 	Conn *link.Conn
 	OK   wire.HelloOK
+	// Self is the Peer-ID the super peer knows us by (our certificate's
+	// key; zero if it is not Ed25519).
+	Self ids.PeerID
 	done chan struct{}
 }
 
@@ -61,6 +66,11 @@ func Dial(ctx context.Context, cfg Config, log zerolog.Logger) (*Session, error)
 		return nil, fmt.Errorf("hello %s: %w", cfg.Addr, err)
 	}
 	s := &Session{Conn: link.New(nc, cfg.Link, log), OK: *ok, done: make(chan struct{})}
+	if cfg.TLS != nil && len(cfg.TLS.Certificates) > 0 {
+		if k, isEd := cfg.TLS.Certificates[0].PrivateKey.(ed25519.PrivateKey); isEd {
+			s.Self = ids.PeerIDFromKey(k.Public().(ed25519.PublicKey))
+		}
+	}
 	go func() {
 		defer close(s.done)
 		s.Conn.Run(context.Background()) //nolint:errcheck // the reason stays in Conn.Err

@@ -48,6 +48,20 @@ func TestOwnershipIsEnforced(t *testing.T) {
 	if _, err := bob.Put(ctx, contactRecord("sip:bob@elsewhere.org", "sip:bob@192.0.2.11", "c3", 1, exp)); !client.IsCode(err, wire.CodeForbidden) {
 		t.Fatalf("bob writing outside the overlay: got %v, want 403", err)
 	}
+	// Bob's own AoR, but a contact naming alice's Peer-ID (and a relayed
+	// address of bob's): calls to bob, and the TURN fallback's datagrams
+	// meant for alice's agent, would go where bob says.
+	spoof := contactRecord("sip:bob@example.net", "sip:bob@192.0.2.11:5060", "c4", 1, exp)
+	spoof.Entries[0].Contact.PeerID = alice.Self
+	spoof.Entries[0].Contact.Relay = "203.0.113.66:50000"
+	if _, err := bob.Put(ctx, spoof); !client.IsCode(err, wire.CodeForbidden) {
+		t.Fatalf("bob's contact naming alice's Peer-ID: got %v, want 403", err)
+	}
+	own := contactRecord("sip:bob@example.net", "sip:bob@192.0.2.11:5060", "c5", 1, exp)
+	own.Entries[0].Contact.PeerID = bob.Self
+	if _, err := bob.Put(ctx, own); err != nil {
+		t.Fatalf("bob's contact naming his own Peer-ID: %v", err)
+	}
 	// Every super peer still returns alice's record unchanged.
 	for _, sp := range []*harness.SP{a, b, c} {
 		rec, err := o.Client(sp, "carol").Get(ctx, record.KindLocation, "sip:alice@example.net")

@@ -299,11 +299,12 @@ func TestTURNFallbackPeerRecord(t *testing.T) {
 			e.CSeq++ // a newer registration of the same contact
 		}
 	}
-	s, err := o.Dial(sps[2], o.Credentials("bob"), wire.RoleClient)
+	// Through bob's agent's own session: a contact naming its Peer-ID may
+	// only be written by it.
+	s, err := b.Uplink().Session(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
 	if _, err := s.Put(ctx, rec); err != nil {
 		t.Fatalf("rewrite bob's contact: %v", err)
 	}

@@ -235,7 +235,7 @@ func (s *sender) unstick(dst ids.PeerID) {
 }
 
 func (s *sender) viaRelay(dst ids.PeerID, addr string, payload []byte) error {
-	return s.a.fb.Send(addr, payload)
+	return s.a.fb.Send(dst, addr, payload)
 }
 
 // SendTunnel implements siproute.Sender.
@@ -778,7 +778,7 @@ func (c *credSource) get() auth.Credentials {
 // to the router as three hops (X → relay(X) → relay(Y) → Y).
 func (a *Agent) newRelay() *fallback.Relay {
 	return fallback.New(fallback.Config{
-		Self: a.self, Realm: a.cfg.Overlay, Log: a.log,
+		Key: a.key, Self: a.self, Realm: a.cfg.Overlay, Log: a.log,
 		Credentials: a.creds.get,
 		Deliver: func(src ids.PeerID, from string, payload []byte) {
 			a.send.learn(src, from)

@@ -6,12 +6,19 @@
 // its allocation to the peer's relayed address: X → relay(X) → relay(Y) →
 // Y, three hops.
 //
-// Datagrams between relays carry a 20-byte header: the magic "P2R1" and
-// the sender's 16-byte Peer-ID, followed by one whole SIP message.
+// Datagrams between relays carry a 108-byte header: the magic "P2R2", the
+// sender's Ed25519 public key (its Peer-ID is the key's hash), the send
+// time in Unix milliseconds and a signature, followed by one whole SIP
+// message. The signature covers the destination's Peer-ID, the header and
+// the message: anyone with credentials can get a TURN allocation on a
+// super peer, so a receiver believes neither a claimed sender nor an
+// address, only the key (ARCHITECTURE.md §2: a Peer-ID cannot be claimed
+// without its key).
 package fallback
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -29,11 +36,21 @@ import (
 	"github.com/p2psip/p2psip/common/logx"
 )
 
-// Magic starts every relayed datagram.
-const Magic = "P2R1"
+// Magic starts every relayed datagram ("P2R1", unsigned, is refused).
+const Magic = "P2R2"
 
-// HeaderLen is the relayed datagram header: magic and source Peer-ID.
-const HeaderLen = len(Magic) + ids.Len
+// HeaderLen is the relayed datagram header: magic, the sender's public
+// key, the send time and the signature.
+const HeaderLen = len(Magic) + ed25519.PublicKeySize + 8 + ed25519.SignatureSize
+
+// MaxSkew bounds how far a datagram's send time may be from the
+// receiver's clock: a captured datagram cannot be replayed later, and
+// agents' clocks (NTP-synchronised, as their credentials' expiry already
+// requires) may differ by this much.
+const MaxSkew = time.Minute
+
+// sigContext separates these signatures from any other use of the key.
+const sigContext = "p2psip relayed datagram\x00"
 
 // maxDatagram bounds a relayed SIP message (UDP SIP stays well below).
 const maxDatagram = 65535
@@ -43,20 +60,42 @@ var (
 	ErrNoAllocation = errors.New("fallback: no TURN allocation")
 	errShort        = errors.New("fallback: short datagram")
 	errMagic        = errors.New("fallback: bad magic")
+	errSignature    = errors.New("fallback: bad signature")
+	errStale        = errors.New("fallback: send time outside the allowed skew")
 )
 
-// Encode frames payload from src for the relay path.
-func Encode(src ids.PeerID, payload []byte) []byte {
-	b := make([]byte, 0, HeaderLen+len(payload))
-	b = append(b, Magic...)
-	b = append(b, src[:]...)
-	return append(b, payload...)
+const (
+	keyAt  = len(Magic)
+	timeAt = keyAt + ed25519.PublicKeySize
+	sigAt  = timeAt + 8
+)
+
+// Encode frames payload for dst, sent now, signed with key.
+func Encode(key ed25519.PrivateKey, dst ids.PeerID, now time.Time, payload []byte) []byte {
+	b := make([]byte, HeaderLen, HeaderLen+len(payload))
+	copy(b, Magic)
+	copy(b[keyAt:], key.Public().(ed25519.PublicKey))
+	binary.BigEndian.PutUint64(b[timeAt:], uint64(now.UnixMilli()))
+	b = append(b, payload...)
+	copy(b[sigAt:], ed25519.Sign(key, signed(dst, b)))
+	return b
 }
 
-// Decode splits a relayed datagram into its source and payload (which
-// aliases b). Datagrams without the header or with an empty payload are
-// refused.
-func Decode(b []byte) (ids.PeerID, []byte, error) {
+// signed is what a datagram's signature covers: the context, the
+// destination, the header without the signature, the payload.
+func signed(dst ids.PeerID, b []byte) []byte {
+	m := make([]byte, 0, len(sigContext)+ids.Len+sigAt+len(b)-HeaderLen)
+	m = append(m, sigContext...)
+	m = append(m, dst[:]...)
+	m = append(m, b[:sigAt]...)
+	return append(m, b[HeaderLen:]...)
+}
+
+// Decode checks a relayed datagram for self, received at now: the magic,
+// a payload, a send time within MaxSkew, a signature by the key it
+// carries over this destination. It returns the sender's Peer-ID (the
+// key's) and the payload, which aliases b.
+func Decode(b []byte, self ids.PeerID, now time.Time) (ids.PeerID, []byte, error) {
 	var src ids.PeerID
 	if len(b) <= HeaderLen {
 		return src, nil, errShort
@@ -64,12 +103,22 @@ func Decode(b []byte) (ids.PeerID, []byte, error) {
 	if !bytes.Equal(b[:len(Magic)], []byte(Magic)) {
 		return src, nil, errMagic
 	}
-	copy(src[:], b[len(Magic):HeaderLen])
-	return src, b[HeaderLen:], nil
+	sent := time.UnixMilli(int64(binary.BigEndian.Uint64(b[timeAt:])))
+	if d := now.Sub(sent); d > MaxSkew || d < -MaxSkew {
+		return src, nil, errStale
+	}
+	pub := ed25519.PublicKey(b[keyAt:timeAt])
+	if !ed25519.Verify(pub, signed(self, b), b[sigAt:HeaderLen]) {
+		return src, nil, errSignature
+	}
+	return ids.PeerIDFromKey(pub), b[HeaderLen:], nil
 }
 
 // Config configures a Relay.
 type Config struct {
+	// Key is the agent's identity key: it signs what the relay sends.
+	Key ed25519.PrivateKey
+	// Self is the agent's Peer-ID (Key's).
 	Self ids.PeerID
 	// Realm is the TURN realm: the overlay name.
 	Realm string
@@ -151,13 +200,17 @@ func (al *alloc) close() {
 	al.sock.Close()
 }
 
-// New makes a Relay without an allocation; Ensure allocates.
+// New makes a Relay without an allocation; Ensure allocates. cfg.Key is
+// required (Self is derived from it).
 func New(cfg Config) *Relay {
 	if cfg.RenewBefore <= 0 {
 		cfg.RenewBefore = 2 * time.Minute
 	}
 	if cfg.ProbeTimeout <= 0 {
 		cfg.ProbeTimeout = 5 * time.Second
+	}
+	if len(cfg.Key) == ed25519.PrivateKeySize {
+		cfg.Self = ids.PeerIDFromKey(cfg.Key.Public().(ed25519.PublicKey))
 	}
 	return &Relay{cfg: cfg, log: cfg.Log.With().Str("component", "fallback").Logger()}
 }
@@ -318,7 +371,7 @@ func (r *Relay) sendProbe(al *alloc, now time.Time) {
 	payload := binary.BigEndian.AppendUint64([]byte(probeMagic), nonce)
 	al.probeNonce.Store(nonce)
 	al.probeSent.Store(now.UnixNano())
-	if _, err := al.relay.WriteTo(Encode(r.cfg.Self, payload), al.relay.LocalAddr()); err != nil {
+	if _, err := al.relay.WriteTo(Encode(r.cfg.Key, r.cfg.Self, now, payload), al.relay.LocalAddr()); err != nil {
 		r.log.Debug().Err(err).Msg("TURN self-probe")
 	}
 }
@@ -455,7 +508,7 @@ func (r *Relay) read(al *alloc) {
 			}
 			return
 		}
-		src, payload, err := Decode(buf[:n])
+		src, payload, err := Decode(buf[:n], r.cfg.Self, time.Now())
 		if err == nil && src == r.cfg.Self && r.echo(al, payload) {
 			continue
 		}
@@ -471,8 +524,8 @@ func (r *Relay) read(al *alloc) {
 	}
 }
 
-// Send sends payload from the allocation to a peer's relayed address.
-func (r *Relay) Send(to string, payload []byte) error {
+// Send sends payload from the allocation to dst at its relayed address to.
+func (r *Relay) Send(dst ids.PeerID, to string, payload []byte) error {
 	r.mu.Lock()
 	al := r.cur
 	r.mu.Unlock()
@@ -483,7 +536,7 @@ func (r *Relay) Send(to string, payload []byte) error {
 	if err != nil {
 		return err
 	}
-	if _, err := al.relay.WriteTo(Encode(r.cfg.Self, payload), ua); err != nil {
+	if _, err := al.relay.WriteTo(Encode(r.cfg.Key, dst, time.Now(), payload), ua); err != nil {
 		return err
 	}
 	r.out.Add(1)

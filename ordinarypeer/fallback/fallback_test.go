@@ -2,38 +2,101 @@ package fallback
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
 	"testing"
+	"time"
 
 	"github.com/p2psip/p2psip/common/ids"
 )
 
 func TestHeader(t *testing.T) {
-	var src ids.PeerID
-	for i := range src {
-		src[i] = byte(i + 1)
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
 	}
+	src := ids.PeerIDFromKey(key.Public().(ed25519.PublicKey))
+	dst := ids.PeerID{9, 9, 9}
+	now := time.Now()
 	payload := []byte("INVITE sip:bob@example.net SIP/2.0\r\n\r\n")
-	b := Encode(src, payload)
-	if len(b) != HeaderLen+len(payload) || string(b[:4]) != "P2R1" {
+	b := Encode(key, dst, now, payload)
+	if len(b) != HeaderLen+len(payload) || string(b[:4]) != "P2R2" {
 		t.Fatalf("encoded % x", b[:HeaderLen])
 	}
-	got, p, err := Decode(b)
+	got, p, err := Decode(b, dst, now)
 	if err != nil || got != src || !bytes.Equal(p, payload) {
 		t.Fatalf("Decode = %v, %q, %v", got, p, err)
 	}
+	// Within the skew either way.
+	for _, d := range []time.Duration{MaxSkew - time.Second, -MaxSkew + time.Second} {
+		if _, _, err := Decode(b, dst, now.Add(d)); err != nil {
+			t.Errorf("received %v after sending: %v", d, err)
+		}
+	}
+
+	_, other, _ := ed25519.GenerateKey(rand.Reader)
+	flip := func(i int) []byte {
+		c := bytes.Clone(b)
+		c[i] ^= 1
+		return c
+	}
+	// Another key's header over the same payload: valid for its own
+	// Peer-ID only, so swapping in a victim's public key breaks it.
+	forged := Encode(other, dst, now, payload)
+	copy(forged[len(Magic):], key.Public().(ed25519.PublicKey))
 	bad := map[string][]byte{
-		"empty":         nil,
-		"magic only":    []byte("P2R1"),
-		"short id":      append([]byte("P2R1"), src[:10]...),
-		"no payload":    b[:HeaderLen],
-		"bad magic":     append([]byte("P2R2"), b[4:]...),
-		"lower magic":   append([]byte("p2r1"), b[4:]...),
-		"raw SIP":       payload,
-		"stun-ish junk": {0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13},
+		"empty":             nil,
+		"magic only":        []byte("P2R2"),
+		"no payload":        b[:HeaderLen],
+		"unsigned v1":       append(append([]byte("P2R1"), src[:]...), payload...),
+		"lower magic":       append([]byte("p2r2"), b[4:]...),
+		"raw SIP":           payload,
+		"payload changed":   flip(len(b) - 1),
+		"time changed":      flip(len(Magic) + ed25519.PublicKeySize + 7),
+		"signature changed": flip(HeaderLen - 1),
+		"key changed":       flip(len(Magic)),
+		"victim's key":      forged,
+		"stun-ish junk":     {0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13},
 	}
 	for name, b := range bad {
-		if _, _, err := Decode(b); err == nil {
+		if _, _, err := Decode(b, dst, now); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
+	if _, _, err := Decode(b, ids.PeerID{1}, now); err == nil {
+		t.Error("a datagram for another peer was accepted (a receiver could replay what it got to others)")
+	}
+	for _, d := range []time.Duration{MaxSkew + time.Second, -MaxSkew - time.Second} {
+		if _, _, err := Decode(b, dst, now.Add(d)); err == nil {
+			t.Errorf("received %v after sending: accepted (a replay)", d)
+		}
+	}
+}
+
+func BenchmarkSign(b *testing.B) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	payload := bytes.Repeat([]byte{'x'}, 900) // an INVITE with SDP
+	dst := ids.PeerID{1}
+	now := time.Now()
+	// The reference: version 1's unsigned framing (a header copy).
+	b.Run("unsigned-reference", func(b *testing.B) {
+		for b.Loop() {
+			out := make([]byte, 0, 20+len(payload))
+			out = append(append(append(out, "P2R1"...), dst[:]...), payload...)
+			_ = out
+		}
+	})
+	b.Run("encode", func(b *testing.B) {
+		for b.Loop() {
+			Encode(key, dst, now, payload)
+		}
+	})
+	enc := Encode(key, dst, now, payload)
+	b.Run("decode", func(b *testing.B) {
+		for b.Loop() {
+			if _, _, err := Decode(enc, dst, now); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -2,6 +2,7 @@ package fallback
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
 	"net"
@@ -60,6 +61,15 @@ func turnServerAt(t *testing.T, addr string) (string, func()) {
 	return pc.LocalAddr().String(), stop
 }
 
+func testKey(t *testing.T) ed25519.PrivateKey {
+	t.Helper()
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
 func randomID(t *testing.T) ids.PeerID {
 	var id ids.PeerID
 	if _, err := rand.Read(id[:]); err != nil {
@@ -79,7 +89,7 @@ func testRelay(t *testing.T, user string, ttl time.Duration, in chan<- received)
 	var creds atomic.Pointer[auth.Credentials]
 	issue(t, &creds, user, ttl)
 	r := New(Config{
-		Self: randomID(t), Realm: realm, RenewBefore: 2 * time.Second,
+		Key: testKey(t), Realm: realm, RenewBefore: 2 * time.Second,
 		Credentials: func() auth.Credentials { return *creds.Load() },
 		Deliver: func(src ids.PeerID, _ string, p []byte) {
 			select {
@@ -105,7 +115,7 @@ func issue(t *testing.T, p *atomic.Pointer[auth.Credentials], user string, ttl t
 // roundTrip sends from a to b's relayed address and waits for it.
 func roundTrip(t *testing.T, a, b *Relay, bIn <-chan received, msg string) {
 	t.Helper()
-	if err := a.Send(b.Addr(), []byte(msg)); err != nil {
+	if err := a.Send(b.cfg.Self, b.Addr(), []byte(msg)); err != nil {
 		t.Fatalf("send %q: %v", msg, err)
 	}
 	select {
@@ -267,4 +277,43 @@ func TestLostAllocation(t *testing.T) {
 		t.Errorf("stats %+v; want 1 lost, 2 allocations", st)
 	}
 	roundTrip(t, b, a, aIn, "after the restart")
+}
+
+// TestSpoofedSender: anyone with credentials can get an allocation and
+// send to an agent's relayed address. Mallory's datagrams claiming to
+// come from alice (the unsigned framing of version 1, or a signed one
+// with alice's public key swapped in) are dropped; what mallory signs
+// with her own key arrives as hers.
+func TestSpoofedSender(t *testing.T) {
+	srv := turnServer(t)
+	permits := []string{"127.0.0.1"}
+	aIn, bIn, mIn := make(chan received, 8), make(chan received, 8), make(chan received, 8)
+	a, _ := testRelay(t, "alice", time.Hour, aIn)
+	b, _ := testRelay(t, "bob", time.Hour, bIn)
+	m, _ := testRelay(t, "mallory", time.Hour, mIn)
+	for _, r := range []*Relay{a, b, m} {
+		if _, err := r.Ensure("", []string{srv}, permits); err != nil {
+			t.Fatal(err)
+		}
+	}
+	to, err := net.ResolveUDPAddr("udp4", b.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	invite := []byte("INVITE sip:bob@example.net SIP/2.0\r\n\r\n")
+	v1 := append(append([]byte("P2R1"), a.cfg.Self[:]...), invite...)
+	forged := Encode(m.cfg.Key, b.cfg.Self, time.Now(), invite)
+	copy(forged[len(Magic):], a.cfg.Key.Public().(ed25519.PublicKey))
+	for _, raw := range [][]byte{v1, forged} {
+		if _, err := m.cur.relay.WriteTo(raw, to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wait.For(t, 5*time.Second, "bob's relay to drop both forgeries", func() bool { return b.Stats().Dropped >= 2 })
+	roundTrip(t, m, b, bIn, "signed by mallory") // checks the sender is mallory
+	select {
+	case got := <-bIn:
+		t.Fatalf("bob received %q as from %s", got.payload, got.src.Short())
+	default:
+	}
 }

@@ -18,6 +18,14 @@ func (s *Store) authorize(w Writer, rec *record.Record) error {
 		if w.User == "" || rec.Owner() != w.User {
 			return wire.Errorf(wire.CodeForbidden, "user %q may not write the location of %s", w.User, rec.Name)
 		}
+		// A contact that names a Peer-ID routes calls, and the TURN
+		// fallback's datagrams, to that peer: only the peer itself may
+		// name it (edge contacts name none).
+		for _, e := range rec.Entries {
+			if c := e.Contact; c != nil && !c.PeerID.IsZero() && c.PeerID != w.PeerID {
+				return wire.Errorf(wire.CodeForbidden, "contact %q names Peer-ID %s, not the writer's own", c.URI, c.PeerID.Short())
+			}
+		}
 	case record.KindService:
 		if w.SuperPeer {
 			return nil
