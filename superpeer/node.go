@@ -63,6 +63,10 @@ type Node struct {
 	adminAddr atomic.Value
 	ready     chan struct{}
 	isReady   atomic.Bool
+	// leaving: Leave has begun; the node is not ready any more (load
+	// balancers and Kubernetes stop sending it new work) and publishes no
+	// service records.
+	leaving   atomic.Bool
 	memberLog admin.MemberLog // membership changes, for the status page
 }
 
@@ -314,9 +318,15 @@ func (n *Node) Leave(timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	// First, so that the others stop offering this super peer to agents
-	// (and tell theirs to move TURN allocations off it) while it drains.
+	// (and tell theirs to move TURN allocations off it) while it drains,
+	// that /readyz says no, and that `service find` stops listing it.
+	n.leaving.Store(true)
+	n.isReady.Store(false)
 	n.mesh.SetDraining()
 	var errs []error
+	if err := n.withdrawServices(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	moved, err := n.store.Drain(ctx)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("hand off records: %w", err))

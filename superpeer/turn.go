@@ -2,6 +2,8 @@ package superpeer
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
@@ -72,7 +74,10 @@ func (n *Node) publishServices(ctx context.Context) error {
 	t := time.NewTicker(serviceTTL / 3)
 	defer t.Stop()
 	for {
-		for _, name := range []string{"stun", "turn"} {
+		for _, name := range services {
+			if n.leaving.Load() {
+				break
+			}
 			if err := n.publish(ctx, name); err != nil && ctx.Err() == nil {
 				n.log.Warn().Err(err).Str("service", name).Msg("publish service record")
 			}
@@ -83,6 +88,24 @@ func (n *Node) publishServices(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// services are the service records a super peer publishes.
+var services = []string{"stun", "turn"}
+
+// withdrawServices removes this super peer's entries from its service
+// records (Leave): otherwise a departed super peer stays in `service find`
+// for up to serviceTTL. A publish already under way may put one back; it
+// expires within serviceTTL.
+func (n *Node) withdrawServices(ctx context.Context) error {
+	var errs []error
+	for _, name := range services {
+		if _, err := n.store.Remove(ctx, store.Writer{PeerID: n.id, SuperPeer: true}, record.KindService, name, []string{n.id.String()}); err != nil &&
+			!errors.Is(err, store.ErrNotFound) {
+			errs = append(errs, fmt.Errorf("withdraw service %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (n *Node) publish(ctx context.Context, name string) error {

@@ -34,7 +34,9 @@
 // Tests: TestTopology (the network itself, no agent), TestCallsAcrossNATs
 // (scenario 1 of issue 6), TestSuperPeerKilledDuringCalls (2),
 // TestTURNFallback (3), TestEdgePhone (4), TestPromotion (5),
-// TestPacketLoss (6), TestRollingRestart (issue 8: every super peer in
+// TestPacketLoss (6), TestSuperPeerSilentlyUnreachable (alice's super
+// peer drops her traffic silently while she calls: she fails over within
+// seconds, not keepalive intervals), TestRollingRestart (issue 8: every super peer in
 // turn drained with SIGTERM and restarted, with records checked, no TURN
 // allocation left on the draining one, and calls placed between
 // restarts), TestEdgeFlood (a stranger on the public segment floods a

@@ -22,6 +22,12 @@ const keepalive = time.Second
 // the super peers are up and before the agents start (to inject a fault).
 func callsWorld(t *testing.T, before func(*Overlay)) (o *Overlay, alice, bob *Agent) {
 	t.Helper()
+	return callsWorldWith(t, keepalive, before)
+}
+
+// callsWorldWith is callsWorld with the agents' keepalive interval.
+func callsWorldWith(t *testing.T, keepalive time.Duration, before func(*Overlay)) (o *Overlay, alice, bob *Agent) {
+	t.Helper()
 	RequireAgent(t)
 	tp := NewTopology(t)
 	o = StartOverlay(t, tp, SP1, SP2, SP3)
@@ -391,4 +397,85 @@ func TestEdgePhone(t *testing.T) {
 		t.Name(), res1.Created+res2.Created, res1.Successful+res2.Successful, res1.Failed+res2.Failed,
 		res1.Successful, res1.Created, res2.Successful, res2.Created, rate,
 		edge.Host, edge.SIPAddr(), regTime.Round(time.Millisecond), relayed(alice, bob), hops, view)
+}
+
+// TestSuperPeerSilentlyUnreachable: alice's super peer stops answering
+// her without closing anything (iptables DROP of nat1's address at sp1:
+// a host or a path lost, not a process killed). The agents keep the
+// default 25 s keepalive. Alice is calling bob: her location lookups and
+// requests go unanswered, which makes her agent ping its super peer at
+// once; that Ping unanswered too (3 s) and it fails over, well within one
+// keepalive interval (it took two, 50 s or more, before). Calls placed
+// while it notices may fail (their lookups go through the silent super
+// peer; the TURN fallback carries only calls already routed) and are
+// reported; every call placed after the failover succeeds.
+func TestSuperPeerSilentlyUnreachable(t *testing.T) {
+	const calls, rate = 50, 5 // 10 s of calls around the cut
+	const afterCalls = 50
+	const defaultKeepalive = 25 * time.Second
+	o, alice, bob := callsWorldWith(t, defaultKeepalive, nil)
+	ctx := context.Background()
+	before, err := alice.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sp := o.ByPeerID(before.SuperPeer); sp == nil || sp.Host != SP1 {
+		t.Fatalf("alice attached to %v, want sp1", spName(sp))
+	}
+	uac := alice.Caller(bob, calls, rate)
+	uac.Name = "sipp-uac-silent"
+	type result struct {
+		res SIPpResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := o.RunUAC(ctx, uac)
+		done <- result{res, err}
+	}()
+	Eventually(t, 30*time.Second, "calls under way", func() error {
+		st, err := o.Progress(uac.Name)
+		if err != nil {
+			return err
+		}
+		if st.Successful < 5 {
+			return fmt.Errorf("%d calls completed", st.Successful)
+		}
+		return nil
+	})
+	if err := o.Partition(SP1, NAT1); err != nil {
+		t.Fatal(err)
+	}
+	cut := time.Now()
+	t.Logf("sp1 drops everything from and to nat1 (%s) from now on", NAT1WAN)
+
+	var after AgentStatus
+	if err := poll(defaultKeepalive, 50*time.Millisecond, func() error {
+		st, err := alice.Status()
+		if err != nil {
+			return err
+		}
+		if !st.Attached || st.SuperPeer == before.SuperPeer {
+			return fmt.Errorf("attached=%t super_peer=%.8s", st.Attached, st.SuperPeer)
+		}
+		after = st
+		return nil
+	}); err != nil {
+		t.Fatalf("alice's agent still on sp1 one keepalive interval (%s) after it went silent: %v", defaultKeepalive, err)
+	}
+	noticed := time.Since(cut)
+	t.Logf("alice's agent moved to %s %s after sp1 went silent", spName(o.ByPeerID(after.SuperPeer)), noticed.Round(time.Millisecond))
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("calls around the cut: %v", r.err)
+	}
+	gap := r.res
+	t.Logf("calls around the cut: %s in %s", gap.SIPpStats, gap.Duration.Round(time.Millisecond))
+
+	bob.FreshPhone(t)
+	res, err := o.RunUAC(ctx, alice.Caller(bob, afterCalls, rate*2))
+	requireAllOK(t, "alice → bob after the failover", res, err, afterCalls, bob)
+	t.Logf("SUMMARY %s: calls attempted %d succeeded %d failed %d (around sp1 going silent to alice at %d cps: %d/%d; after the failover: %d/%d); alice's agent failed over %s after (keepalive %s); relayed %s",
+		t.Name(), gap.Created+res.Created, gap.Successful+res.Successful, gap.Failed+res.Failed, rate,
+		gap.Successful, gap.Created, res.Successful, res.Created, noticed.Round(time.Millisecond), defaultKeepalive, relayed(alice, bob))
 }

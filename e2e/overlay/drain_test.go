@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/p2psip/p2psip/common/wait"
 	"github.com/p2psip/p2psip/e2e/harness"
 	"github.com/p2psip/p2psip/superpeer"
 	"github.com/p2psip/p2psip/superpeer/store"
@@ -29,11 +30,32 @@ func TestGracefulLeave(t *testing.T) {
 	if attachedTo(x) != a.Node.ID() || attachedTo(y) != a.Node.ID() {
 		t.Fatal("agents must start on a")
 	}
+	// a's TURN service entry is listed until it leaves.
+	listed := func() bool {
+		rec, err := b.Node.Store().Find(context.Background(), "turn")
+		if err != nil {
+			return false
+		}
+		for _, e := range rec.Live(time.Now()).Entries {
+			if e.Provider != nil && e.Provider.PeerID == a.Node.ID() {
+				return true
+			}
+		}
+		return false
+	}
+	wait.For(t, 10*time.Second, "a's turn service entry", listed)
 	start := time.Now()
-	if err := o.Leave(a, 10*time.Second); err != nil {
+	if err := a.Node.Leave(10 * time.Second); err != nil {
 		t.Fatalf("leave: %v", err)
 	}
 	t.Logf("left in %s", time.Since(start))
+	if a.Node.Serving() {
+		t.Error("a still says it is ready (/readyz) after leaving")
+	}
+	o.Kill(a)
+	if listed() {
+		t.Error("a's turn service entry still listed after it left")
+	}
 	for _, u := range []*testUplink{x, y} {
 		att, ok := u.Attachment()
 		if !ok || att.SP == a.Node.ID() {

@@ -436,6 +436,11 @@ type locator struct{ a *Agent }
 
 func (l locator) Lookup(ctx context.Context, aor string) ([]record.Contact, error) {
 	rec, err := store(l).getOne(ctx, aor)
+	if errors.Is(err, context.DeadlineExceeded) {
+		// Our super peer did not answer: it may have died silently, and
+		// every call fails until the uplink notices. Ask it now.
+		l.a.up.Probe()
+	}
 	cs, err := siproute.Contacts(aor, rec, err)
 	l.a.send.learnContacts(cs) // relayed addresses for the TURN fallback
 	return cs, err

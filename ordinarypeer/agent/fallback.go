@@ -673,6 +673,12 @@ func (s *sender) sweep(now time.Time) {
 	}
 	s.npending.Store(int64(len(s.pending)))
 	s.mu.Unlock()
+	if len(toRelay) > 0 && s.a.up != nil {
+		// Our own super peer may be what died, silently (no closed
+		// connection): have the uplink ping it now rather than at its
+		// next keepalive.
+		s.a.up.Probe()
+	}
 	for _, p := range toOverlay {
 		// The destination stays sticky: one slow answer says little about
 		// the path, and flipping it would send everything else into the

@@ -100,6 +100,7 @@ type Uplink struct {
 
 	// leave carries a super peer's request to move (its alternates).
 	leave     chan []wire.SuperPeerInfo
+	probe     chan struct{} // Probe's requests (capacity 1)
 	txid      atomic.Uint64
 	failovers atomic.Int64
 	ready     chan struct{}
@@ -129,6 +130,7 @@ func New(cfg Config, log zerolog.Logger) (*Uplink, error) {
 		waiters: make(chan struct{}),
 		ready:   make(chan struct{}),
 		leave:   make(chan []wire.SuperPeerInfo, 1),
+		probe:   make(chan struct{}, 1),
 		gone:    make(map[ids.PeerID]goneSP),
 	}, nil
 }
@@ -378,15 +380,40 @@ type moving struct{ alternates []wire.SuperPeerInfo }
 
 func (m *moving) Error() string { return "super peer asked us to move" }
 
+// maxPongWait bounds how long a Ping waits for its Pong: a super peer
+// answers from its reader at once, so seconds of silence mean it or the
+// path is gone, whatever the keepalive interval. Two in a row fail over:
+// long enough not to flee a super peer that is merely busy, short enough
+// that calls (whose location lookups go through it) fail for seconds, not
+// for a keepalive interval.
+const maxPongWait = 3 * time.Second
+
 // keep pings the super peer until the session breaks, two pings in a row
-// go unanswered, or ctx ends.
+// go unanswered, or ctx ends. A missed Pong is confirmed by another Ping
+// at once rather than a keepalive interval later. Probe (the agent's
+// traffic went unanswered) asks for a Ping now, and that unanswered
+// traffic counts as the first miss: a super peer that died without
+// closing the connection (its host or the path gone) is noticed within
+// Keepalive plus two Pong waits when idle, one Pong wait after a request
+// of the agent's went unanswered.
 func (u *Uplink) keep(ctx context.Context, s *client.Session, att Attachment) error {
 	interval := u.cfg.Keepalive
 	if interval <= 0 {
 		interval = 25 * time.Second
 	}
-	t := time.NewTicker(interval)
+	pongWait := min(interval, maxPongWait)
+	t := time.NewTimer(interval)
 	defer t.Stop()
+	var pong chan error // the Ping out, if any
+	ping := func() {
+		pong = make(chan error, 1)
+		go func(out chan<- error) {
+			pctx, cancel := context.WithTimeout(ctx, pongWait)
+			defer cancel()
+			_, err := s.Conn.Request(pctx, wire.TypePing, &wire.Ping{})
+			out <- err
+		}(pong)
+	}
 	missed := 0
 	for {
 		select {
@@ -396,18 +423,38 @@ func (u *Uplink) keep(ctx context.Context, s *client.Session, att Attachment) er
 			return s.Conn.Err()
 		case alts := <-u.leave:
 			return &moving{alternates: alts}
+		case <-u.probe:
+			missed = max(missed, 1)
+			if pong == nil {
+				ping()
+			}
 		case <-t.C:
-			pctx, cancel := context.WithTimeout(ctx, interval)
-			_, err := s.Conn.Request(pctx, wire.TypePing, &wire.Ping{})
-			cancel()
+			if pong == nil {
+				ping()
+			}
+		case err := <-pong:
+			pong = nil
 			if err == nil {
 				missed = 0
+				t.Reset(interval)
 				continue
 			}
 			if missed++; missed >= 2 {
-				return fmt.Errorf("two pings unanswered: %w", err)
+				return fmt.Errorf("super peer silent: pings unanswered within %s after traffic or another ping was: %w", pongWait, err)
 			}
+			u.log.Debug().Err(err).Str("sp_id", att.SP.Short()).Msg("ping unanswered; asking again")
+			ping()
 		}
+	}
+}
+
+// Probe asks the uplink to check its super peer now (a Ping; two missed
+// Pongs fail over). The agent calls it when requests it sent over the
+// overlay go unanswered: the super peer may have died silently.
+func (u *Uplink) Probe() {
+	select {
+	case u.probe <- struct{}{}:
+	default:
 	}
 }
 
