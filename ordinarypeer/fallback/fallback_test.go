@@ -100,3 +100,33 @@ func BenchmarkSign(b *testing.B) {
 		}
 	})
 }
+
+// FuzzDecode: whatever arrives at a relayed address (anyone with TURN
+// credentials can send there) is refused or decoded without a panic, and
+// only a datagram signed for us by the key it carries is accepted, its
+// sender being that key's Peer-ID.
+func FuzzDecode(f *testing.F) {
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		f.Fatal(err)
+	}
+	self := ids.PeerID{9, 9, 9}
+	now := time.Unix(1_800_000_000, 0)
+	f.Add(Encode(key, self, now, []byte("INVITE sip:bob@example.net SIP/2.0\r\n\r\n")))
+	f.Add(Encode(key, ids.PeerID{1}, now, []byte("x")))
+	f.Add([]byte("P2R1" + string(make([]byte, 16)) + "SIP/2.0 200 OK\r\n\r\n"))
+	f.Add([]byte("P2R2"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		src, payload, err := Decode(b, self, now)
+		if err != nil {
+			return
+		}
+		if len(payload) == 0 || len(b) != HeaderLen+len(payload) {
+			t.Fatalf("accepted %d bytes with a %d-byte payload", len(b), len(payload))
+		}
+		pub := ed25519.PublicKey(b[len(Magic) : len(Magic)+ed25519.PublicKeySize])
+		if src != ids.PeerIDFromKey(pub) {
+			t.Fatalf("sender %s is not the carried key's", src.Short())
+		}
+	})
+}
