@@ -330,6 +330,7 @@ func TestClientCommands(t *testing.T) {
 	mustRun(t, dir, nil, "credentials", "issue", "--secret-file", otherSecret, "--user", "alice", "-o", "forged.json")
 	mustFail(t, dir, nil, "401", cmd("get", append([]string{"--credentials-file", "forged.json"}, conn...), aor)...)
 
+	mustFail(t, dir, nil, "has no contact sip:nobody@192.0.2.99", cmd("rm", alice, aor, "sip:nobody@192.0.2.99")...)
 	r := mustRun(t, dir, nil, cmd("rm", alice, aor, contact)...)
 	if !strings.Contains(r.stdout, "removed") {
 		t.Errorf("record rm: %v", r)
@@ -519,4 +520,24 @@ func TestUsageErrors(t *testing.T) {
 	mustFail(t, dir, nil, "--credentials-file", "record", "get", "sip:a@b.c")
 	mustFail(t, dir, nil, "--overlay", "service", "find", "turn", "--credentials-file", "x.json")
 	mustFail(t, dir, nil, "connection refused", "status", "--admin", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+}
+
+// A contact is removed by its URI or by its entry's key, which is the
+// phone's +sip.instance when it sent one.
+func TestContactKeys(t *testing.T) {
+	const inst = "<urn:uuid:00000000-0000-0000-0000-000000000001>"
+	rec := &record.Record{Kind: record.KindLocation, Name: "sip:alice@p2psip.test", Entries: []record.Entry{
+		{Key: inst, Contact: &record.Contact{URI: "sip:alice@192.0.2.10:5060"}},
+		{Key: "sip:alice@192.0.2.11:5060", Contact: &record.Contact{URI: "sip:alice@192.0.2.11:5060"}},
+	}}
+	for contact, want := range map[string][]string{
+		"sip:alice@192.0.2.10:5060": {inst},
+		inst:                        {inst},
+		"sip:alice@192.0.2.11:5060": {"sip:alice@192.0.2.11:5060"},
+		"sip:alice@192.0.2.12:5060": nil,
+	} {
+		if got := contactKeys(rec, contact); !reflect.DeepEqual(got, want) {
+			t.Errorf("contactKeys(%s) = %v, want %v", contact, got, want)
+		}
+	}
 }

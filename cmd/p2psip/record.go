@@ -138,6 +138,18 @@ func recordRemove(c *cli.Context) error {
 		what = keys[0]
 	}
 	return withSession(c, overlayOf(c, aor), func(ctx context.Context, s *client.Session) error {
+		if len(keys) == 1 {
+			// An entry's key is the phone's +sip.instance when it sent
+			// one, not its contact URI: find the entries by either.
+			rec, err := s.Get(ctx, record.KindLocation, aor)
+			if err != nil {
+				return err
+			}
+			keys = contactKeys(rec, keys[0])
+			if len(keys) == 0 {
+				return fmt.Errorf("%s has no contact %s", aor, what)
+			}
+		}
 		res, err := s.Remove(ctx, record.KindLocation, aor, keys)
 		if err != nil {
 			return err
@@ -145,6 +157,18 @@ func recordRemove(c *cli.Context) error {
 		fmt.Fprintf(c.App.Writer, "removed %s of %s (%d/%d replicas)\n", what, aor, res.Acks, res.Replicas)
 		return nil
 	})
+}
+
+// contactKeys lists the keys of rec's entries whose key or contact URI is
+// contact.
+func contactKeys(rec *record.Record, contact string) []string {
+	var keys []string
+	for _, e := range rec.Entries {
+		if e.Key == contact || (e.Contact != nil && e.Contact.URI == contact) {
+			keys = append(keys, e.Key)
+		}
+	}
+	return keys
 }
 
 // qValue renders a q-value the SIP way: "1.0", "0.5", "0.125".
