@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"slices"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"github.com/p2psip/p2psip/common/wire"
 	"github.com/p2psip/p2psip/e2e/harness"
 	"github.com/p2psip/p2psip/e2e/harness/phone"
+	"github.com/p2psip/p2psip/e2e/harness/promtext"
 	"github.com/p2psip/p2psip/superpeer"
 	"github.com/p2psip/p2psip/superpeer/store"
 )
@@ -194,4 +197,47 @@ func TestAgentRepublishes(t *testing.T) {
 		return fmt.Errorf("bob's peer record does not name %s", cur.SP.Short())
 	})
 	t.Logf("bob's contact and peer record stored again %s after the kills", time.Since(killed).Round(time.Millisecond))
+}
+
+// TestAgentMetrics: the agent's admin server exports its state on
+// /metrics in the Prometheus text format (an endpoint fleet is monitored
+// like the super peers).
+func TestAgentMetrics(t *testing.T) {
+	o, sps := agentOverlay(t, 2)
+	a := attachAgent(t, o, "alice", sps[0])
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := o.AgentConfig("bob", sps[1])
+	cfg.Admin, cfg.AdminListener = l.Addr().String(), l
+	b := o.RunAgent("bob", cfg)
+	alice := agentPhone(t, o, "alice", "alice", a)
+	bob := agentPhone(t, o, "bob", "bob", b)
+	phone.MustRegister(t, bob)
+	callAndCheck(t, alice, a, bob, b, 3)
+
+	resp, err := http.Get("http://" + l.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	m, err := promtext.Parse(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, ok := range map[string]func(float64) bool{
+		"p2psip_agent_attached":                                             func(v float64) bool { return v == 1 },
+		"p2psip_agent_bindings":                                             func(v float64) bool { return v == 1 },
+		"p2psip_agent_failovers_total":                                      func(v float64) bool { return v == 0 },
+		`p2psip_agent_sip_tunnel_messages_total{direction="in"}`:            func(v float64) bool { return v > 0 },
+		`p2psip_agent_sip_tunnel_in_by_hops_total{hops="3"}`:                func(v float64) bool { return v > 0 },
+		`p2psip_agent_relay_messages_total{direction="out",path="overlay"}`: func(v float64) bool { return v > 0 },
+		`p2psip_agent_turn_allocations_total{outcome="ok"}`:                 func(float64) bool { return true }, // present
+		"go_goroutines": func(v float64) bool { return v > 0 },
+	} {
+		if v, found := m[name]; !found || !ok(v) {
+			t.Errorf("%s = %v (present %t)", name, v, found)
+		}
+	}
 }

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/p2psip/p2psip/common/ids"
 )
 
@@ -87,6 +89,7 @@ func (a *Agent) serveAdmin(ctx context.Context) error {
 		enc.SetIndent("", "  ")
 		enc.Encode(a.Status()) //nolint:errcheck
 	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.Registry(), promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
