@@ -168,8 +168,12 @@ func (u *Uplink) goneLocked(id ids.PeerID, now time.Time) bool {
 	return ok
 }
 
-// usableLocked is alts without the super peers marked gone.
+// usableLocked is alts without the super peers marked gone (alts itself
+// when none is: Attachment is on the path of every tunnel message).
 func (u *Uplink) usableLocked(alts []wire.SuperPeerInfo, now time.Time) []wire.SuperPeerInfo {
+	if len(u.gone) == 0 {
+		return alts
+	}
 	out := make([]wire.SuperPeerInfo, 0, len(alts))
 	for _, a := range alts {
 		if !u.goneLocked(a.PeerID, now) {
