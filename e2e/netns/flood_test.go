@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -109,16 +108,7 @@ func scrape(t *testing.T, o *Overlay, sp *SuperPeer) map[string]float64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, sp.AdminURL()+"/metrics", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := httpClientIn(o.NS(sp.Host)).Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	m, err := promtext.Parse(resp.Body)
+	m, err := promtext.Get(ctx, httpClientIn(o.NS(sp.Host)), sp.AdminURL()+"/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -106,15 +106,7 @@ func TestRollingRestart(t *testing.T) {
 	// the promise is about calls placed between restarts.
 	steady := bob.Caller(alice, steadyCalls, 2)
 	steady.Port, steady.Name = UACPort+2, "sipp-uac-steady"
-	type result struct {
-		res SIPpResult
-		err error
-	}
-	steadyDone := make(chan result, 1)
-	go func() {
-		res, err := o.RunUAC(ctx, steady)
-		steadyDone <- result{res, err}
-	}()
+	steadyDone := o.StartUAC(ctx, steady)
 
 	var drains []string
 	handedOff := 0
@@ -197,17 +189,17 @@ func TestRollingRestart(t *testing.T) {
 	}
 
 	sr := <-steadyDone
-	if sr.err != nil {
-		t.Errorf("steady calls: %v", sr.err)
+	if sr.Err != nil {
+		t.Errorf("steady calls: %v", sr.Err)
 	}
-	t.Logf("steady calls through the restarts: %s", sr.res.SIPpStats)
+	t.Logf("steady calls through the restarts: %s", sr.Res.SIPpStats)
 	if handedOff == 0 {
 		t.Errorf("no super peer handed off any record while draining: the drain was not exercised")
 	}
 	view := checkNATView(t, o, alice, bob)
 	hops := checkHops(t, alice, bob)
 	t.Logf("SUMMARY %s: 3 super peers restarted one after another (SIGTERM drain: %s); registrations checked %d × 6, lost 0; calls attempted %d succeeded %d failed %d (%d per direction at %d cps with each one down and back); steady stream through the drains %d/%d succeeded (%d failed); records handed off %d; relayed %s; %s; %s",
-		t.Name(), strings.Join(drains, ", "), len(recs), placed, total, failed, calls, rate, sr.res.Successful, sr.res.Created, sr.res.Failed, handedOff, relayed(alice, bob), hops, view)
+		t.Name(), strings.Join(drains, ", "), len(recs), placed, total, failed, calls, rate, sr.Res.Successful, sr.Res.Created, sr.Res.Failed, handedOff, relayed(alice, bob), hops, view)
 }
 
 // restartSuperPeer starts sp's process again on the same host and data

@@ -191,15 +191,7 @@ func TestSuperPeerKilledDuringCalls(t *testing.T) {
 
 	uac := alice.Caller(bob, gapCalls, rate)
 	uac.Name = "sipp-uac-gap"
-	type result struct {
-		res SIPpResult
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		res, err := o.RunUAC(ctx, uac)
-		done <- result{res, err}
-	}()
+	done := o.StartUAC(ctx, uac)
 	Eventually(t, 30*time.Second, fmt.Sprintf("%d calls placed before the kill", killAfter), func() error {
 		st, err := o.Progress(uac.Name)
 		if err != nil {
@@ -240,10 +232,10 @@ func TestSuperPeerKilledDuringCalls(t *testing.T) {
 		spName(newSP), after.SPAddr, observed.Round(time.Millisecond), after.LastReattach, after.Failovers)
 
 	r := <-done
-	if r.err != nil {
-		t.Fatalf("calls during the kill: %v", r.err)
+	if r.Err != nil {
+		t.Fatalf("calls during the kill: %v", r.Err)
 	}
-	gap := r.res
+	gap := r.Res
 	t.Logf("calls around the kill: %s in %s", gap.SIPpStats, gap.Duration.Round(time.Millisecond))
 
 	// Calls placed after the reattachment must all succeed (to a fresh
@@ -424,15 +416,7 @@ func TestSuperPeerSilentlyUnreachable(t *testing.T) {
 	}
 	uac := alice.Caller(bob, calls, rate)
 	uac.Name = "sipp-uac-silent"
-	type result struct {
-		res SIPpResult
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		res, err := o.RunUAC(ctx, uac)
-		done <- result{res, err}
-	}()
+	done := o.StartUAC(ctx, uac)
 	Eventually(t, 30*time.Second, "calls under way", func() error {
 		st, err := o.Progress(uac.Name)
 		if err != nil {
@@ -466,10 +450,10 @@ func TestSuperPeerSilentlyUnreachable(t *testing.T) {
 	noticed := time.Since(cut)
 	t.Logf("alice's agent moved to %s %s after sp1 went silent", spName(o.ByPeerID(after.SuperPeer)), noticed.Round(time.Millisecond))
 	r := <-done
-	if r.err != nil {
-		t.Fatalf("calls around the cut: %v", r.err)
+	if r.Err != nil {
+		t.Fatalf("calls around the cut: %v", r.Err)
 	}
-	gap := r.res
+	gap := r.Res
 	t.Logf("calls around the cut: %s in %s", gap.SIPpStats, gap.Duration.Round(time.Millisecond))
 
 	bob.FreshPhone(t)

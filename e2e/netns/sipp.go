@@ -386,6 +386,23 @@ func (tp *Topology) RunUAC(ctx context.Context, u UAC) (SIPpResult, error) {
 	return res, nil
 }
 
+// UACDone is a background UAC run's outcome (StartUAC).
+type UACDone struct {
+	Res SIPpResult
+	Err error
+}
+
+// StartUAC runs u in the background (RunUAC); its outcome arrives on the
+// channel. Name u to follow it with Progress.
+func (tp *Topology) StartUAC(ctx context.Context, u UAC) <-chan UACDone {
+	done := make(chan UACDone, 1)
+	go func() {
+		res, err := tp.RunUAC(ctx, u)
+		done <- UACDone{res, err}
+	}()
+	return done
+}
+
 // Progress reads the counters of the running UAC named name (dumped every
 // second).
 func (tp *Topology) Progress(name string) (SIPpStats, error) {

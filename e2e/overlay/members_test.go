@@ -217,12 +217,9 @@ func TestAgentMetrics(t *testing.T) {
 	phone.MustRegister(t, bob)
 	callAndCheck(t, alice, a, bob, b, 3)
 
-	resp, err := http.Get("http://" + l.Addr().String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	m, err := promtext.Parse(resp.Body)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	m, err := promtext.Get(ctx, http.DefaultClient, "http://"+l.Addr().String()+"/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

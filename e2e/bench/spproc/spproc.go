@@ -206,13 +206,11 @@ func (p *Process) RSS() (int64, error) {
 // Metrics reads the admin /metrics page: every sample without labels,
 // plus labelled ones under their full "name{labels}" text.
 func (p *Process) Metrics(ctx context.Context) (map[string]float64, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.Admin+"/metrics", nil)
-	resp, err := http.DefaultClient.Do(req)
+	m, err := promtext.Get(ctx, http.DefaultClient, "http://"+p.Admin+"/metrics")
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
-	defer resp.Body.Close()
-	return promtext.Parse(resp.Body)
+	return m, nil
 }
 
 // Kill sends SIGKILL (kill -9) and waits for the exit.

@@ -4,7 +4,10 @@ package promtext
 
 import (
 	"bufio"
+	"context"
+	"fmt"
 	"io"
+	"net/http"
 	"strconv"
 	"strings"
 )
@@ -30,4 +33,21 @@ func Parse(r io.Reader) (map[string]float64, error) {
 		}
 	}
 	return out, sc.Err()
+}
+
+// Get fetches url with c (bounded by ctx) and parses the page.
+func Get(ctx context.Context, c *http.Client, url string) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return Parse(resp.Body)
 }
