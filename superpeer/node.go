@@ -263,7 +263,9 @@ func (n *Node) watch(ctx context.Context) error {
 		return nil
 	}
 	n.applyView()
-	n.isReady.Store(true)
+	if !n.leaving.Load() { // Leave may have begun before the mesh was ready
+		n.isReady.Store(true)
+	}
 	close(n.ready)
 	n.log.Info().
 		Str("overlay", n.cfg.Overlay).

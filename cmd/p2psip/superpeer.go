@@ -53,7 +53,7 @@ func superpeerFlags() []cli.Flag {
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "sip-max-conns", Value: edge.DefaultMaxConns, EnvVars: env("sip-max-conns"),
 			Usage: "`N` phone TCP and TLS connections at the SIP edge in all (each holds about 70 KiB); past it, new ones are closed"}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "sip-max-conns-per-ip", Value: edge.DefaultMaxConnsPerIP, EnvVars: env("sip-max-conns-per-ip"),
-			Usage: "`N` phone TCP and TLS connections at the SIP edge from one IP address; past it, new ones are closed"}),
+			Usage: "`N` phone TCP and TLS connections at the SIP edge from one IPv4 address or IPv6 /64; past it, new ones are closed"}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "sip-conn-silence", Value: edge.DefaultConnSilence, EnvVars: env("sip-conn-silence"),
 			Usage: "`DURATION` a phone TCP or TLS connection may stay silent (no handshake, no request) before it is closed"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "sip-foreign-domain", Value: "403", EnvVars: env("sip-foreign-domain"),

@@ -62,6 +62,10 @@ func TestOwnershipIsEnforced(t *testing.T) {
 	if _, err := bob.Put(ctx, own); err != nil {
 		t.Fatalf("bob's contact naming his own Peer-ID: %v", err)
 	}
+	// Another session of bob's (`p2psip record rm`) may remove it.
+	if _, err := o.Client(c, "bob").Remove(ctx, record.KindLocation, "sip:bob@example.net", []string{"sip:bob@192.0.2.11:5060"}); err != nil {
+		t.Fatalf("bob removing his contact that names another session's Peer-ID: %v", err)
+	}
 	// Every super peer still returns alice's record unchanged.
 	for _, sp := range []*harness.SP{a, b, c} {
 		rec, err := o.Client(sp, "carol").Get(ctx, record.KindLocation, "sip:alice@example.net")

@@ -100,7 +100,10 @@ type Agent struct {
 	fb        *fallback.Relay
 	send      *sender
 	relayKick chan struct{}
-	creds     *credSource // credentials for attaching and TURN, reloaded from the file
+	// pubKick asks runPublish to store the peer record and the contacts
+	// (capacity 1: kicks while it works coalesce into one more round).
+	pubKick chan struct{}
+	creds   *credSource // credentials for attaching and TURN, reloaded from the file
 
 	// Promotion (promote.go): the identity key proves the node at its
 	// advertised address in the dial-back test.
@@ -141,7 +144,7 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, self: self, user: user, key: key, promo: promotion{kick: make(chan struct{}, 1)},
 		log: log.With().Str("peer_id", self.Short()).Str("role", "agent").Logger()}
-	a.send, a.relayKick = newSender(a), make(chan struct{}, 1)
+	a.send, a.relayKick, a.pubKick = newSender(a), make(chan struct{}, 1), make(chan struct{}, 1)
 	a.creds = &credSource{path: cfg.CredentialsFile, log: &a.log, cur: cfg.Credentials}
 	a.fb = a.newRelay()
 	a.up, err = uplink.New(uplink.Config{
@@ -214,6 +217,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return a.reg.Run(ctx) })
 	g.Go(func() error { return a.router.Serve(ctx, a.udp, a.tcp) })
 	g.Go(func() error { return a.refreshPeerRecord(ctx) })
+	g.Go(func() error { return a.runPublish(ctx) })
 	a.promo.startd = time.Now()
 	if a.cfg.Role == "auto" && a.cfg.Promoter != nil {
 		g.Go(func() error { return a.cfg.Promoter.Run(ctx, a.key) })
@@ -300,7 +304,7 @@ func (a *Agent) attached(ctx context.Context, att uplink.Attachment) {
 	a.kickRelay() // the allocation must not sit on the new attachment
 	// Routing first: every millisecond the overlay still names the old
 	// super peer, calls to this phone fail.
-	a.publish(ctx, "attached")
+	a.kickPublish()
 	if att.Reattach > 0 {
 		a.log.Info().Dur("reattach", att.Reattach).Str("sp_id", att.SP.Short()).Msg("failover done")
 	}
@@ -308,50 +312,67 @@ func (a *Agent) attached(ctx context.Context, att uplink.Attachment) {
 	// alternates still list it until the mesh notices); its result only
 	// refines the peer record, so it runs last.
 	if a.discoverNAT(ctx, att) != nil {
-		if err := a.storePeerRecord(ctx); err != nil {
-			a.log.Warn().Err(err).Msg("store peer record")
-		}
+		a.kickPublish()
 	}
 	a.kickPromotion() // role auto: ask with the addresses just learnt
 }
 
-// publishFor bounds publish's retries; past it the periodic refresh and
+// publishFor bounds runPublish's retries; past it the periodic refresh and
 // the phones' next REGISTERs are left to repair the records.
 const publishFor = 2 * time.Minute
 
-// publish stores the peer record and re-stores the phones' contacts with
-// the current attachment and relayed address, retrying (200 ms doubling
-// to 5 s) while the overlay refuses: a write fails when no write quorum
-// of a record's replicas is reachable, e.g. when they died with our super
-// peer and the mesh has not declared them dead yet. The agent holds the
-// truth about its phones, so it must not give up after one try: until the
-// records are stored the overlay names the old super peer or has no
-// contact at all, and calls to the phones fail.
-func (a *Agent) publish(ctx context.Context, why string) {
-	backoff := 200 * time.Millisecond
-	until := time.Now().Add(publishFor)
-	for tries := 1; ; tries++ {
-		err := errors.Join(a.storePeerRecord(ctx), a.reg.Restore(ctx))
-		if err == nil {
-			if tries > 1 {
-				a.log.Info().Str("why", why).Int("tries", tries).Msg("peer record and contacts stored")
-			}
-			return
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		if time.Now().After(until) {
-			a.log.Error().Err(err).Str("why", why).Int("tries", tries).Msg("peer record and contacts not stored; giving up until the next refresh")
-			return
-		}
-		a.log.Warn().Err(err).Str("why", why).Dur("retry_in", backoff).Msg("peer record and contacts not stored")
+// kickPublish asks runPublish for a round; it never blocks.
+func (a *Agent) kickPublish() {
+	select {
+	case a.pubKick <- struct{}{}:
+	default:
+	}
+}
+
+// runPublish stores the peer record and re-stores the phones' contacts
+// with the current attachment and relayed address whenever kicked (an
+// attachment, a new relayed address, NAT discovery), retrying (200 ms
+// doubling to 5 s, for up to publishFor) while the overlay refuses: a
+// write fails when no write quorum of a record's replicas is reachable,
+// e.g. when they died with our super peer and the mesh has not declared
+// them dead yet. The agent holds the truth about its phones, so it must
+// not give up after one try: until the records are stored the overlay
+// names the old super peer or has no contact at all, and calls to the
+// phones fail. One goroutine does it all, so nothing else (the TURN
+// allocation's upkeep) waits on a write the overlay refuses.
+func (a *Agent) runPublish(ctx context.Context) error {
+	for {
 		select {
-		case <-time.After(backoff):
 		case <-ctx.Done():
-			return
+			return nil
+		case <-a.pubKick:
 		}
-		backoff = min(2*backoff, 5*time.Second)
+		backoff := 200 * time.Millisecond
+		until := time.Now().Add(publishFor)
+		for tries := 1; ; tries++ {
+			err := errors.Join(a.storePeerRecord(ctx), a.reg.Restore(ctx))
+			if err == nil {
+				if tries > 1 {
+					a.log.Info().Int("tries", tries).Msg("peer record and contacts stored")
+				}
+				break
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			if time.Now().After(until) {
+				a.log.Error().Err(err).Int("tries", tries).Msg("peer record and contacts not stored; giving up until the next refresh")
+				break
+			}
+			a.log.Warn().Err(err).Dur("retry_in", backoff).Msg("peer record and contacts not stored")
+			select {
+			case <-time.After(backoff):
+			case <-a.pubKick: // newer state to store: now
+			case <-ctx.Done():
+				return nil
+			}
+			backoff = min(2*backoff, 5*time.Second)
+		}
 	}
 }
 
@@ -439,7 +460,7 @@ func (l locator) Lookup(ctx context.Context, aor string) ([]record.Contact, erro
 	if errors.Is(err, context.DeadlineExceeded) {
 		// Our super peer did not answer: it may have died silently, and
 		// every call fails until the uplink notices. Ask it now.
-		l.a.up.Probe()
+		l.a.up.Suspect()
 	}
 	cs, err := siproute.Contacts(aor, rec, err)
 	l.a.send.learnContacts(cs) // relayed addresses for the TURN fallback

@@ -461,11 +461,16 @@ func (s *sender) failed(dst ids.PeerID, txid uint64) bool {
 		// caller's fallback) would fail its live transactions with 480
 		// although the relays carry them. dst is gone only if it has no
 		// relayed address at all.
-		if addr != "" {
+		// Without the sweep (RelayAfter off) nothing would carry the
+		// request on: fall through to closing dst.
+		if addr != "" && s.after > 0 {
 			s.stick(dst, now)
 			return true
 		}
-		return s.resendLater(dst, nil, "error frame", true)
+		if s.after > 0 {
+			return s.resendLater(dst, nil, "error frame", true)
+		}
+		return false
 	}
 	s.settle(payload)
 	p := keyed{pendingReq: pendingReq{dst: dst, payload: payload, at: now, tries: 1}}
@@ -835,8 +840,8 @@ func (a *Agent) runRelay(ctx context.Context) error {
 		if err != nil {
 			a.log.Warn().Err(err).Msg("TURN allocation")
 		}
-		if changed && ctx.Err() == nil {
-			a.publish(ctx, "relayed address changed")
+		if changed {
+			a.kickPublish() // the relayed address is in both
 		}
 	}
 }

@@ -70,32 +70,38 @@ const (
 	sigAt  = timeAt + 8
 )
 
-// Encode frames payload for dst, sent now, signed with key.
-func Encode(key ed25519.PrivateKey, dst ids.PeerID, now time.Time, payload []byte) []byte {
+// Encode frames payload for dst, sent now from the relayed address from,
+// signed with key.
+func Encode(key ed25519.PrivateKey, dst ids.PeerID, from string, now time.Time, payload []byte) []byte {
 	b := make([]byte, HeaderLen, HeaderLen+len(payload))
 	copy(b, Magic)
 	copy(b[keyAt:], key.Public().(ed25519.PublicKey))
 	binary.BigEndian.PutUint64(b[timeAt:], uint64(now.UnixMilli()))
 	b = append(b, payload...)
-	copy(b[sigAt:], ed25519.Sign(key, signed(dst, b)))
+	copy(b[sigAt:], ed25519.Sign(key, signed(dst, from, b)))
 	return b
 }
 
 // signed is what a datagram's signature covers: the context, the
-// destination, the header without the signature, the payload.
-func signed(dst ids.PeerID, b []byte) []byte {
-	m := make([]byte, 0, len(sigContext)+ids.Len+sigAt+len(b)-HeaderLen)
+// destination, the sender's relayed address (a datagram replayed from
+// another allocation, which would make the receiver answer there, fails),
+// the header without the signature, the payload.
+func signed(dst ids.PeerID, from string, b []byte) []byte {
+	m := make([]byte, 0, len(sigContext)+ids.Len+1+len(from)+sigAt+len(b)-HeaderLen)
 	m = append(m, sigContext...)
 	m = append(m, dst[:]...)
+	m = append(m, byte(len(from)))
+	m = append(m, from...)
 	m = append(m, b[:sigAt]...)
 	return append(m, b[HeaderLen:]...)
 }
 
-// Decode checks a relayed datagram for self, received at now: the magic,
-// a payload, a send time within MaxSkew, a signature by the key it
-// carries over this destination. It returns the sender's Peer-ID (the
-// key's) and the payload, which aliases b.
-func Decode(b []byte, self ids.PeerID, now time.Time) (ids.PeerID, []byte, error) {
+// Decode checks a relayed datagram for self, received at now from the
+// relayed address from: the magic, a payload, a send time within MaxSkew,
+// a signature by the key it carries over this destination and sender
+// address. It returns the sender's Peer-ID (the key's) and the payload,
+// which aliases b.
+func Decode(b []byte, self ids.PeerID, from string, now time.Time) (ids.PeerID, []byte, error) {
 	var src ids.PeerID
 	if len(b) <= HeaderLen {
 		return src, nil, errShort
@@ -108,7 +114,7 @@ func Decode(b []byte, self ids.PeerID, now time.Time) (ids.PeerID, []byte, error
 		return src, nil, errStale
 	}
 	pub := ed25519.PublicKey(b[keyAt:timeAt])
-	if !ed25519.Verify(pub, signed(self, b), b[sigAt:HeaderLen]) {
+	if !ed25519.Verify(pub, signed(self, from, b), b[sigAt:HeaderLen]) {
 		return src, nil, errSignature
 	}
 	return ids.PeerIDFromKey(pub), b[HeaderLen:], nil
@@ -371,7 +377,7 @@ func (r *Relay) sendProbe(al *alloc, now time.Time) {
 	payload := binary.BigEndian.AppendUint64([]byte(probeMagic), nonce)
 	al.probeNonce.Store(nonce)
 	al.probeSent.Store(now.UnixNano())
-	if _, err := al.relay.WriteTo(Encode(r.cfg.Key, r.cfg.Self, now, payload), al.relay.LocalAddr()); err != nil {
+	if _, err := al.relay.WriteTo(Encode(r.cfg.Key, r.cfg.Self, al.relay.LocalAddr().String(), now, payload), al.relay.LocalAddr()); err != nil {
 		r.log.Debug().Err(err).Msg("TURN self-probe")
 	}
 }
@@ -508,7 +514,7 @@ func (r *Relay) read(al *alloc) {
 			}
 			return
 		}
-		src, payload, err := Decode(buf[:n], r.cfg.Self, time.Now())
+		src, payload, err := Decode(buf[:n], r.cfg.Self, from.String(), time.Now())
 		if err == nil && src == r.cfg.Self && r.echo(al, payload) {
 			continue
 		}
@@ -536,7 +542,7 @@ func (r *Relay) Send(dst ids.PeerID, to string, payload []byte) error {
 	if err != nil {
 		return err
 	}
-	if _, err := al.relay.WriteTo(Encode(r.cfg.Key, dst, time.Now(), payload), ua); err != nil {
+	if _, err := al.relay.WriteTo(Encode(r.cfg.Key, dst, al.relay.LocalAddr().String(), time.Now(), payload), ua); err != nil {
 		return err
 	}
 	r.out.Add(1)

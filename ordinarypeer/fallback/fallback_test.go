@@ -18,18 +18,19 @@ func TestHeader(t *testing.T) {
 	src := ids.PeerIDFromKey(key.Public().(ed25519.PublicKey))
 	dst := ids.PeerID{9, 9, 9}
 	now := time.Now()
+	const from = "203.0.113.12:50000" // the sender's relayed address
 	payload := []byte("INVITE sip:bob@example.net SIP/2.0\r\n\r\n")
-	b := Encode(key, dst, now, payload)
+	b := Encode(key, dst, from, now, payload)
 	if len(b) != HeaderLen+len(payload) || string(b[:4]) != "P2R2" {
 		t.Fatalf("encoded % x", b[:HeaderLen])
 	}
-	got, p, err := Decode(b, dst, now)
+	got, p, err := Decode(b, dst, from, now)
 	if err != nil || got != src || !bytes.Equal(p, payload) {
 		t.Fatalf("Decode = %v, %q, %v", got, p, err)
 	}
 	// Within the skew either way.
 	for _, d := range []time.Duration{MaxSkew - time.Second, -MaxSkew + time.Second} {
-		if _, _, err := Decode(b, dst, now.Add(d)); err != nil {
+		if _, _, err := Decode(b, dst, from, now.Add(d)); err != nil {
 			t.Errorf("received %v after sending: %v", d, err)
 		}
 	}
@@ -42,7 +43,7 @@ func TestHeader(t *testing.T) {
 	}
 	// Another key's header over the same payload: valid for its own
 	// Peer-ID only, so swapping in a victim's public key breaks it.
-	forged := Encode(other, dst, now, payload)
+	forged := Encode(other, dst, from, now, payload)
 	copy(forged[len(Magic):], key.Public().(ed25519.PublicKey))
 	bad := map[string][]byte{
 		"empty":             nil,
@@ -59,15 +60,18 @@ func TestHeader(t *testing.T) {
 		"stun-ish junk":     {0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13},
 	}
 	for name, b := range bad {
-		if _, _, err := Decode(b, dst, now); err == nil {
+		if _, _, err := Decode(b, dst, from, now); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	if _, _, err := Decode(b, ids.PeerID{1}, now); err == nil {
+	if _, _, err := Decode(b, ids.PeerID{1}, from, now); err == nil {
 		t.Error("a datagram for another peer was accepted (a receiver could replay what it got to others)")
 	}
+	if _, _, err := Decode(b, dst, "203.0.113.13:50000", now); err == nil {
+		t.Error("a datagram replayed from another relayed address was accepted (the receiver would answer there)")
+	}
 	for _, d := range []time.Duration{MaxSkew + time.Second, -MaxSkew - time.Second} {
-		if _, _, err := Decode(b, dst, now.Add(d)); err == nil {
+		if _, _, err := Decode(b, dst, from, now.Add(d)); err == nil {
 			t.Errorf("received %v after sending: accepted (a replay)", d)
 		}
 	}
@@ -78,6 +82,7 @@ func BenchmarkSign(b *testing.B) {
 	payload := bytes.Repeat([]byte{'x'}, 900) // an INVITE with SDP
 	dst := ids.PeerID{1}
 	now := time.Now()
+	const from = "203.0.113.12:50000"
 	// The reference: version 1's unsigned framing (a header copy).
 	b.Run("unsigned-reference", func(b *testing.B) {
 		for b.Loop() {
@@ -88,13 +93,13 @@ func BenchmarkSign(b *testing.B) {
 	})
 	b.Run("encode", func(b *testing.B) {
 		for b.Loop() {
-			Encode(key, dst, now, payload)
+			Encode(key, dst, from, now, payload)
 		}
 	})
-	enc := Encode(key, dst, now, payload)
+	enc := Encode(key, dst, from, now, payload)
 	b.Run("decode", func(b *testing.B) {
 		for b.Loop() {
-			if _, _, err := Decode(enc, dst, now); err != nil {
+			if _, _, err := Decode(enc, dst, from, now); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -112,12 +117,13 @@ func FuzzDecode(f *testing.F) {
 	}
 	self := ids.PeerID{9, 9, 9}
 	now := time.Unix(1_800_000_000, 0)
-	f.Add(Encode(key, self, now, []byte("INVITE sip:bob@example.net SIP/2.0\r\n\r\n")))
-	f.Add(Encode(key, ids.PeerID{1}, now, []byte("x")))
+	const from = "203.0.113.12:50000"
+	f.Add(Encode(key, self, from, now, []byte("INVITE sip:bob@example.net SIP/2.0\r\n\r\n")))
+	f.Add(Encode(key, ids.PeerID{1}, from, now, []byte("x")))
 	f.Add([]byte("P2R1" + string(make([]byte, 16)) + "SIP/2.0 200 OK\r\n\r\n"))
 	f.Add([]byte("P2R2"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		src, payload, err := Decode(b, self, now)
+		src, payload, err := Decode(b, self, from, now)
 		if err != nil {
 			return
 		}

@@ -281,9 +281,10 @@ func TestLostAllocation(t *testing.T) {
 
 // TestSpoofedSender: anyone with credentials can get an allocation and
 // send to an agent's relayed address. Mallory's datagrams claiming to
-// come from alice (the unsigned framing of version 1, or a signed one
-// with alice's public key swapped in) are dropped; what mallory signs
-// with her own key arrives as hers.
+// come from alice (the unsigned framing of version 1, a signed one with
+// alice's public key swapped in, one alice signed replayed from mallory's
+// allocation) are dropped; what mallory signs with her own key arrives as
+// hers.
 func TestSpoofedSender(t *testing.T) {
 	srv := turnServer(t)
 	permits := []string{"127.0.0.1"}
@@ -302,14 +303,17 @@ func TestSpoofedSender(t *testing.T) {
 	}
 	invite := []byte("INVITE sip:bob@example.net SIP/2.0\r\n\r\n")
 	v1 := append(append([]byte("P2R1"), a.cfg.Self[:]...), invite...)
-	forged := Encode(m.cfg.Key, b.cfg.Self, time.Now(), invite)
+	forged := Encode(m.cfg.Key, b.cfg.Self, m.Addr(), time.Now(), invite)
 	copy(forged[len(Magic):], a.cfg.Key.Public().(ed25519.PublicKey))
-	for _, raw := range [][]byte{v1, forged} {
+	// A datagram alice really signed for bob, replayed from mallory's
+	// allocation: bob would answer alice's traffic there.
+	replayed := Encode(a.cfg.Key, b.cfg.Self, a.Addr(), time.Now(), invite)
+	for _, raw := range [][]byte{v1, forged, replayed} {
 		if _, err := m.cur.relay.WriteTo(raw, to); err != nil {
 			t.Fatal(err)
 		}
 	}
-	wait.For(t, 5*time.Second, "bob's relay to drop both forgeries", func() bool { return b.Stats().Dropped >= 2 })
+	wait.For(t, 5*time.Second, "bob's relay to drop the forgeries and the replay", func() bool { return b.Stats().Dropped >= 3 })
 	roundTrip(t, m, b, bIn, "signed by mallory") // checks the sender is mallory
 	select {
 	case got := <-bIn:

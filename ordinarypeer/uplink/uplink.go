@@ -101,6 +101,7 @@ type Uplink struct {
 	// leave carries a super peer's request to move (its alternates).
 	leave     chan []wire.SuperPeerInfo
 	probe     chan struct{} // Probe's requests (capacity 1)
+	suspect   chan struct{} // Suspect's requests (capacity 1)
 	txid      atomic.Uint64
 	failovers atomic.Int64
 	ready     chan struct{}
@@ -131,6 +132,7 @@ func New(cfg Config, log zerolog.Logger) (*Uplink, error) {
 		ready:   make(chan struct{}),
 		leave:   make(chan []wire.SuperPeerInfo, 1),
 		probe:   make(chan struct{}, 1),
+		suspect: make(chan struct{}, 1),
 		gone:    make(map[ids.PeerID]goneSP),
 	}, nil
 }
@@ -197,8 +199,8 @@ func (u *Uplink) members(ch *wire.MembersChange) {
 			continue
 		}
 		delete(u.gone, sp.PeerID)
-		if sp.PeerID == u.att.SP || len(u.att.Alternates) >= maxAlternates {
-			continue
+		if sp.PeerID == u.att.SP || len(u.usableLocked(u.att.Alternates, now)) >= maxAlternates {
+			continue // gone ones still in the list leave room
 		}
 		if !slices.ContainsFunc(u.att.Alternates, func(a wire.SuperPeerInfo) bool { return a.PeerID == sp.PeerID }) {
 			// A copy: Attachment's callers may hold the old slice.
@@ -395,17 +397,24 @@ const maxPongWait = 3 * time.Second
 // keep pings the super peer until the session breaks, two pings in a row
 // go unanswered, or ctx ends. A missed Pong is confirmed by another Ping
 // at once rather than a keepalive interval later. Probe (the agent's
-// traffic went unanswered) asks for a Ping now, and that unanswered
-// traffic counts as the first miss: a super peer that died without
-// closing the connection (its host or the path gone) is noticed within
-// Keepalive plus two Pong waits when idle, one Pong wait after a request
-// of the agent's went unanswered.
+// traffic went unanswered) asks for a Ping now; Suspect (our super peer
+// itself left a request unanswered) also counts as the first miss. So a
+// super peer that died without closing the connection (its host or the
+// path gone) is noticed within Keepalive plus two Pong waits when idle,
+// two Pong waits after a tunnelled request went unanswered, one after a
+// location lookup did.
 func (u *Uplink) keep(ctx context.Context, s *client.Session, att Attachment) error {
 	interval := u.cfg.Keepalive
 	if interval <= 0 {
 		interval = 25 * time.Second
 	}
 	pongWait := min(interval, maxPongWait)
+	for _, ch := range []chan struct{}{u.probe, u.suspect} {
+		select {
+		case <-ch: // asked about the super peer before this one
+		default:
+		}
+	}
 	t := time.NewTimer(interval)
 	defer t.Stop()
 	var pong chan error // the Ping out, if any
@@ -428,6 +437,10 @@ func (u *Uplink) keep(ctx context.Context, s *client.Session, att Attachment) er
 		case alts := <-u.leave:
 			return &moving{alternates: alts}
 		case <-u.probe:
+			if pong == nil {
+				ping()
+			}
+		case <-u.suspect:
 			missed = max(missed, 1)
 			if pong == nil {
 				ping()
@@ -453,11 +466,22 @@ func (u *Uplink) keep(ctx context.Context, s *client.Session, att Attachment) er
 }
 
 // Probe asks the uplink to check its super peer now (a Ping; two missed
-// Pongs fail over). The agent calls it when requests it sent over the
-// overlay go unanswered: the super peer may have died silently.
+// Pongs fail over). The agent calls it when requests it sent through the
+// overlay go unanswered: our super peer may have died silently, or the
+// far end is merely slow or gone.
 func (u *Uplink) Probe() {
 	select {
 	case u.probe <- struct{}{}:
+	default:
+	}
+}
+
+// Suspect is Probe when our super peer itself left a request unanswered
+// (a location lookup timed out): that counts as the first missed Pong, so
+// one more fails over.
+func (u *Uplink) Suspect() {
+	select {
+	case u.suspect <- struct{}{}:
 	default:
 	}
 }

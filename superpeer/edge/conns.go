@@ -61,9 +61,13 @@ func newConnLimits(max, perIP int, silence time.Duration, log zerolog.Logger) *c
 		log: logx.Throttle(log)}
 }
 
-// admit counts a new connection from a, or says why not.
+// admit counts a new connection from a, or says why not. IPv6 sources
+// count per /64: one host may hold a whole /64.
 func (l *connLimits) admit(a net.Addr) (netip.Addr, string) {
 	ip := remoteIP(a)
+	if ip.Is6() {
+		ip = netip.PrefixFrom(ip, 64).Masked().Addr()
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {

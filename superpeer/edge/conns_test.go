@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -224,4 +225,25 @@ func nodeCert(t *testing.T) tls.Certificate {
 		t.Fatal(err)
 	}
 	return cert
+}
+
+// IPv6 sources count per /64: addresses of one /64 share the limit,
+// another /64 has its own.
+func TestConnLimitIPv6Prefix(t *testing.T) {
+	l := newConnLimits(100, 2, time.Minute, zerolog.Nop())
+	addr := func(s string) net.Addr { return net.TCPAddrFromAddrPort(netip.MustParseAddrPort(s)) }
+	for _, a := range []string{"[2001:db8:1:2::1]:5060", "[2001:db8:1:2::ffff]:5060"} {
+		if _, why := l.admit(addr(a)); why != "" {
+			t.Fatalf("%s refused: %s", a, why)
+		}
+	}
+	if _, why := l.admit(addr("[2001:db8:1:2:abcd::9]:5060")); why == "" {
+		t.Error("a third address of the same /64 was admitted past a per-address limit of 2")
+	}
+	if _, why := l.admit(addr("[2001:db8:1:3::1]:5060")); why != "" {
+		t.Errorf("another /64 refused: %s", why)
+	}
+	if _, why := l.admit(addr("192.0.2.1:5060")); why != "" {
+		t.Errorf("an IPv4 address refused: %s", why)
+	}
 }

@@ -116,12 +116,16 @@ type Mesh struct {
 	metaMu sync.Mutex // guards meta
 	meta   Meta
 
-	ml      atomic.Pointer[memberlist.Memberlist]
-	view    atomic.Pointer[View]
-	seq     atomic.Uint64
-	changes chan struct{}
-	ready   chan struct{}
-	joined  atomic.Bool
+	ml atomic.Pointer[memberlist.Memberlist]
+	// gossipAddr is the bound gossip address, read once at Run: the local
+	// node memberlist hands out is its live state, which UpdateNode
+	// rewrites under memberlist's own lock (a data race to read).
+	gossipAddr atomic.Pointer[string]
+	view       atomic.Pointer[View]
+	seq        atomic.Uint64
+	changes    chan struct{}
+	ready      chan struct{}
+	joined     atomic.Bool
 
 	membersMu sync.Mutex // guards members
 	members   map[string]Member
@@ -220,6 +224,9 @@ func (m *Mesh) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("mesh: create: %w", err)
 	}
+	local := ml.LocalNode()
+	addr := net.JoinHostPort(local.Addr.String(), strconv.Itoa(int(local.Port)))
+	m.gossipAddr.Store(&addr)
 	m.ml.Store(ml)
 	defer func() {
 		if err := ml.Shutdown(); err != nil {
@@ -269,9 +276,8 @@ func (m *Mesh) Leave(timeout time.Duration) error {
 
 // GossipAddr is the bound gossip address (valid once Run has started).
 func (m *Mesh) GossipAddr() string {
-	if ml := m.ml.Load(); ml != nil {
-		n := ml.LocalNode()
-		return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
+	if a := m.gossipAddr.Load(); a != nil {
+		return *a
 	}
 	return ""
 }

@@ -82,6 +82,9 @@ func (s *Store) admit(w Writer, rec *record.Record) (*record.Record, error) {
 	if err := s.authorize(w, rec); err != nil {
 		return nil, err
 	}
+	if err := checkContactPeers(w, rec); err != nil {
+		return nil, err
+	}
 	return rec, nil
 }
 

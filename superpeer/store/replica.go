@@ -18,14 +18,6 @@ func (s *Store) authorize(w Writer, rec *record.Record) error {
 		if w.User == "" || rec.Owner() != w.User {
 			return wire.Errorf(wire.CodeForbidden, "user %q may not write the location of %s", w.User, rec.Name)
 		}
-		// A contact that names a Peer-ID routes calls, and the TURN
-		// fallback's datagrams, to that peer: only the peer itself may
-		// name it (edge contacts name none).
-		for _, e := range rec.Entries {
-			if c := e.Contact; c != nil && !c.PeerID.IsZero() && c.PeerID != w.PeerID {
-				return wire.Errorf(wire.CodeForbidden, "contact %q names Peer-ID %s, not the writer's own", c.URI, c.PeerID.Short())
-			}
-		}
 	case record.KindService:
 		if w.SuperPeer {
 			return nil
@@ -44,6 +36,23 @@ func (s *Store) authorize(w Writer, rec *record.Record) error {
 		}
 	default:
 		return wire.Errorf(wire.CodeBadRequest, "unknown record kind %d", rec.Kind)
+	}
+	return nil
+}
+
+// checkContactPeers applies to the entries a write stores (not to a
+// removal, which may take out any contact of the owner's AoR): a contact
+// that names a Peer-ID routes calls, and the TURN fallback's datagrams, to
+// that peer, so only the peer itself may write one (edge contacts name
+// none).
+func checkContactPeers(w Writer, rec *record.Record) error {
+	if rec.Kind != record.KindLocation || w.SuperPeer {
+		return nil
+	}
+	for _, e := range rec.Entries {
+		if c := e.Contact; c != nil && !e.Removed && !c.PeerID.IsZero() && c.PeerID != w.PeerID {
+			return wire.Errorf(wire.CodeForbidden, "contact %q names Peer-ID %s, not the writer's own", c.URI, c.PeerID.Short())
+		}
 	}
 	return nil
 }
@@ -76,6 +85,9 @@ func (s *Store) applyLocal(rec *record.Record, writer string, writerPeer ids.Pee
 			w = Writer{PeerID: writerPeer, SuperPeer: true}
 		}
 		if err := s.authorize(w, rec); err != nil {
+			return false, err
+		}
+		if err := checkContactPeers(w, rec); err != nil {
 			return false, err
 		}
 	}
