@@ -161,9 +161,15 @@ func TestAgentRepublishes(t *testing.T) {
 		}
 	}
 	killed := time.Now()
+	// Bob's super peer last: he must not fail over to a doomed one and
+	// store his records there (acknowledged, then lost with it) while the
+	// kills are under way.
 	for id := range doomed {
-		o.Kill(byID[id])
+		if id != att.SP {
+			o.Kill(byID[id])
+		}
 	}
+	o.Kill(byID[att.SP])
 	t.Logf("killed bob's super peer and every replica of his records: %d of %d super peers", len(doomed), len(sps))
 
 	obs, err := o.Dial(survivor, o.Credentials("observer"), wire.RoleClient)
